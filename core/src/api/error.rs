@@ -1,0 +1,141 @@
+//! Every API failure as a typed value, mapped to status and message in one
+//! exhaustive match. Messages are KES's, byte for byte: clients compare them.
+
+use http::StatusCode;
+
+use super::wire::Response;
+use crate::identity::IdentityError;
+use crate::name::NameError;
+
+/// An API error.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ApiError {
+    /// The caller presented no usable certificate.
+    NoIdentity(IdentityError),
+    /// Policy denies the request.
+    NotAllowed,
+    /// Only the admin may do this.
+    AdminOnly,
+    /// A name or pattern is invalid.
+    InvalidName(NameError),
+    /// The request body is not what the route expects.
+    InvalidBody,
+    /// The import body is not what the route expects.
+    InvalidImportBody,
+    /// The body exceeds the route's limit.
+    BodyTooLarge,
+    /// An imported key has the wrong length.
+    InvalidKeySize(String),
+    /// An imported key names an unknown algorithm.
+    UnsupportedAlgorithm(String),
+    /// The key does not exist.
+    KeyNotFound,
+    /// The key exists already.
+    KeyExists,
+    /// The key has no HMAC key (created by an older KES).
+    NoHmacKey,
+    /// Decryption failed authentication.
+    NotAuthentic,
+    /// More than 1000 ciphertexts in a bulk decrypt.
+    TooManyCiphertexts,
+    /// The policy does not exist.
+    PolicyNotFound,
+    /// The identity does not exist.
+    IdentityNotFound,
+    /// Policy assignment without an identity.
+    IdentityUnknown,
+    /// Policy assignment to oneself.
+    SelfAssign,
+    /// Policy assignment to the admin.
+    IdentityIsRoot,
+    /// An `enclave` query parameter other than the default.
+    EnclaveNotFound,
+    /// Enclaves cannot be created or deleted.
+    EnclaveUnsupported(&'static str),
+    /// The request method does not fit the route.
+    MethodNotAllowed {
+        /// The method received.
+        got: String,
+        /// The method the route expects.
+        want: &'static str,
+    },
+    /// The percent-encoding of the path is invalid.
+    BadPath,
+    /// A stored key could not be decoded.
+    KeyMalformed,
+    /// The key store failed while creating.
+    StoreCreate,
+    /// The key store failed while reading.
+    StoreRead,
+    /// The key store failed while deleting.
+    StoreDelete,
+    /// The key store failed while listing.
+    StoreList,
+    /// The key store is unreachable (ready check).
+    StoreUnreachable,
+    /// The key store reports an error (ready check).
+    StoreUnavailable,
+    /// The request did not finish within its route's timeout.
+    Timeout,
+}
+
+impl ApiError {
+    /// The status code and message.
+    pub fn status_and_message(&self) -> (StatusCode, String) {
+        use StatusCode as S;
+        let (status, msg): (StatusCode, &str) = match self {
+            Self::NoIdentity(e) => return (S::BAD_REQUEST, e.to_string()),
+            Self::NotAllowed | Self::AdminOnly => {
+                (S::FORBIDDEN, "not authorized: insufficient permissions")
+            }
+            Self::InvalidName(e) => return (S::BAD_REQUEST, e.to_string()),
+            Self::InvalidBody => (S::BAD_REQUEST, "invalid request body"),
+            Self::InvalidImportBody => (S::BAD_REQUEST, "invalid import key request body"),
+            Self::BodyTooLarge => (S::PAYLOAD_TOO_LARGE, "request body too large"),
+            Self::InvalidKeySize(c) => {
+                return (S::NOT_ACCEPTABLE, format!("invalid key size for '{c}'"))
+            }
+            Self::UnsupportedAlgorithm(c) => {
+                return (S::NOT_ACCEPTABLE, format!("algorithm '{c}' is not supported"))
+            }
+            Self::KeyNotFound => (S::NOT_FOUND, "key does not exist"),
+            Self::KeyExists => (S::BAD_REQUEST, "key already exists"),
+            Self::NoHmacKey => (S::CONFLICT, "key does not support HMAC"),
+            Self::NotAuthentic => (S::BAD_REQUEST, "decryption failed: ciphertext is not authentic"),
+            Self::TooManyCiphertexts => (S::BAD_REQUEST, "too many ciphertexts"),
+            Self::PolicyNotFound => (S::NOT_FOUND, "policy does not exist"),
+            Self::IdentityNotFound => (S::NOT_FOUND, "identity does not exist"),
+            Self::IdentityUnknown => (S::BAD_REQUEST, "identity is unknown"),
+            Self::SelfAssign => (S::FORBIDDEN, "identity cannot assign policy to itself"),
+            Self::IdentityIsRoot => (S::BAD_REQUEST, "identity is root"),
+            Self::EnclaveNotFound => (S::NOT_FOUND, "enclave does not exist"),
+            Self::EnclaveUnsupported(m) => (S::NOT_IMPLEMENTED, m),
+            Self::MethodNotAllowed { got, want } => {
+                return (
+                    S::METHOD_NOT_ALLOWED,
+                    format!("received method '{got}' expected '{want}'"),
+                )
+            }
+            Self::BadPath => (S::BAD_REQUEST, "invalid URL escape in request path"),
+            Self::KeyMalformed => (S::INTERNAL_SERVER_ERROR, "failed to read key: key is malformed"),
+            Self::StoreCreate => (S::BAD_GATEWAY, "failed to create key"),
+            Self::StoreRead => (S::BAD_GATEWAY, "failed to read key"),
+            Self::StoreDelete => (S::BAD_GATEWAY, "failed to delete key"),
+            Self::StoreList => (S::BAD_GATEWAY, "failed to list keys"),
+            Self::StoreUnreachable => (S::GATEWAY_TIMEOUT, "key store is not reachable"),
+            Self::StoreUnavailable => (S::BAD_GATEWAY, "key store is unavailable"),
+            Self::Timeout => (S::SERVICE_UNAVAILABLE, "request timeout exceeded"),
+        };
+        (status, msg.to_owned())
+    }
+
+    /// The JSON error response.
+    pub fn response(&self) -> Response {
+        let (status, msg) = self.status_and_message();
+        let mut r = Response::error(status, &msg);
+        if let Self::MethodNotAllowed { want, .. } = self {
+            r.headers.push(("Accept", (*want).to_owned()));
+        }
+        r
+    }
+}

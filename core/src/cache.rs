@@ -1,0 +1,222 @@
+//! The key cache (keystore.md §7), driven entirely by the time passed in.
+//!
+//! Semantics are KES v0.24's: every `any` the cache is emptied; every
+//! `unused / 2` keys not used since the last sweep are evicted; while the store
+//! is unreachable and `offline` is set, both expiries pause so cached keys keep
+//! serving, until `offline` after the outage began.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use crate::config::CacheConfig;
+use crate::crypto::SecretKey;
+use crate::name::KeyName;
+
+/// How often the store is probed while offline caching is enabled.
+pub const PROBE_INTERVAL: Duration = Duration::from_secs(10);
+
+struct Entry {
+    key: SecretKey,
+    used: bool,
+}
+
+/// Decoded keys by name, with expiry state.
+pub struct KeyCache {
+    cfg: CacheConfig,
+    entries: BTreeMap<KeyName, Entry>,
+    offline: bool,
+    next_any: Option<Instant>,
+    next_unused: Option<Instant>,
+    offline_deadline: Option<Instant>,
+    next_probe: Option<Instant>,
+}
+
+/// What a timer tick asks of the caller.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Tick {
+    /// Nothing to do.
+    Idle,
+    /// Probe the store's status and report with [`KeyCache::set_offline`].
+    Probe,
+}
+
+impl KeyCache {
+    /// An empty cache whose timers start at `now`.
+    pub fn new(cfg: CacheConfig, now: Instant) -> Self {
+        let at = |d: Duration| (!d.is_zero()).then(|| now + d);
+        Self {
+            cfg,
+            entries: BTreeMap::new(),
+            offline: false,
+            next_any: at(cfg.any),
+            next_unused: at(cfg.unused / 2),
+            offline_deadline: None,
+            next_probe: at(if cfg.offline.is_zero() { Duration::ZERO } else { PROBE_INTERVAL }),
+        }
+    }
+
+    /// A cached key, marking it used.
+    pub fn get(&mut self, name: &str) -> Option<&SecretKey> {
+        let e = self.entries.get_mut(name)?;
+        e.used = true;
+        Some(&e.key)
+    }
+
+    /// Caches a key just read from the store (marked used).
+    pub fn insert(&mut self, name: KeyName, key: SecretKey) {
+        self.entries.insert(name, Entry { key, used: true });
+    }
+
+    /// Drops a key (after delete).
+    pub fn evict(&mut self, name: &str) {
+        self.entries.remove(name);
+    }
+
+    /// Number of cached keys.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Whether the cache is empty.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// Whether the store is currently considered unreachable.
+    pub fn is_offline(&self) -> bool {
+        self.offline
+    }
+
+    /// Records the store's reachability.
+    pub fn set_offline(&mut self, offline: bool, now: Instant) {
+        if offline && !self.offline && !self.cfg.offline.is_zero() {
+            self.offline_deadline = Some(now + self.cfg.offline);
+        }
+        if !offline {
+            self.offline_deadline = None;
+        }
+        self.offline = offline;
+    }
+
+    fn holding(&self) -> bool {
+        self.offline && !self.cfg.offline.is_zero()
+    }
+
+    /// The next instant [`Self::handle_timeout`] has work.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        [self.next_any, self.next_unused, self.offline_deadline, self.next_probe]
+            .into_iter()
+            .flatten()
+            .min()
+    }
+
+    /// Runs every expiry that is due. Spurious calls do nothing.
+    pub fn handle_timeout(&mut self, now: Instant) -> Tick {
+        if let Some(t) = self.next_any.filter(|t| *t <= now) {
+            if !self.holding() {
+                self.entries.clear();
+            }
+            self.next_any = Some(next_after(t, self.cfg.any, now));
+        }
+        if let Some(t) = self.next_unused.filter(|t| *t <= now) {
+            if !self.holding() {
+                self.entries.retain(|_, e| std::mem::take(&mut e.used));
+            }
+            self.next_unused = Some(next_after(t, self.cfg.unused / 2, now));
+        }
+        if self.offline_deadline.is_some_and(|t| t <= now) {
+            self.entries.clear();
+            self.offline_deadline = None;
+        }
+        match self.next_probe.filter(|t| *t <= now) {
+            Some(t) => {
+                self.next_probe = Some(next_after(t, PROBE_INTERVAL, now));
+                Tick::Probe
+            }
+            None => Tick::Idle,
+        }
+    }
+}
+
+fn next_after(mut t: Instant, period: Duration, now: Instant) -> Instant {
+    while t <= now {
+        t += period;
+    }
+    t
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key() -> SecretKey {
+        SecretKey::new([7; 32], None, None, None, None)
+    }
+
+    fn name(s: &str) -> KeyName {
+        KeyName::parse(s).unwrap()
+    }
+
+    #[test]
+    fn any_expiry_empties_everything() {
+        let t0 = Instant::now();
+        let cfg = CacheConfig { any: Duration::from_secs(60), unused: Duration::ZERO, offline: Duration::ZERO };
+        let mut c = KeyCache::new(cfg, t0);
+        c.insert(name("a"), key());
+        assert_eq!(c.poll_timeout(), Some(t0 + Duration::from_secs(60)));
+        c.handle_timeout(t0 + Duration::from_secs(59));
+        assert!(c.get("a").is_some());
+        c.handle_timeout(t0 + Duration::from_secs(60));
+        assert!(c.get("a").is_none());
+    }
+
+    #[test]
+    fn unused_keys_go_used_keys_stay() {
+        let t0 = Instant::now();
+        let cfg = CacheConfig { any: Duration::ZERO, unused: Duration::from_secs(20), offline: Duration::ZERO };
+        let mut c = KeyCache::new(cfg, t0);
+        c.insert(name("busy"), key());
+        c.insert(name("idle"), key());
+        // First sweep at 10s clears the "used on insert" flags.
+        c.handle_timeout(t0 + Duration::from_secs(10));
+        assert_eq!(c.len(), 2);
+        assert!(c.get("busy").is_some());
+        c.handle_timeout(t0 + Duration::from_secs(20));
+        assert!(c.get("idle").is_none());
+        assert!(c.get("busy").is_some());
+    }
+
+    #[test]
+    fn offline_holds_keys_until_deadline() {
+        let t0 = Instant::now();
+        let s = Duration::from_secs;
+        let cfg = CacheConfig { any: s(30), unused: s(10), offline: s(120) };
+        let mut c = KeyCache::new(cfg, t0);
+        c.insert(name("a"), key());
+        assert_eq!(c.handle_timeout(t0 + s(5)), Tick::Idle);
+        assert_eq!(c.handle_timeout(t0 + s(10)), Tick::Probe);
+        c.set_offline(true, t0 + s(10));
+        // any (30s) and unused (5s sweeps) are suspended while offline.
+        for t in [15, 30, 60, 90, 129] {
+            c.handle_timeout(t0 + s(t));
+            assert!(c.get("a").is_some(), "at {t}s");
+        }
+        c.handle_timeout(t0 + s(130));
+        assert!(c.get("a").is_none());
+    }
+
+    #[test]
+    fn recovery_resumes_normal_expiry() {
+        let t0 = Instant::now();
+        let s = Duration::from_secs;
+        let cfg = CacheConfig { any: s(30), unused: Duration::ZERO, offline: s(600) };
+        let mut c = KeyCache::new(cfg, t0);
+        c.insert(name("a"), key());
+        c.set_offline(true, t0);
+        c.handle_timeout(t0 + s(30));
+        assert!(c.get("a").is_some());
+        c.set_offline(false, t0 + s(40));
+        c.handle_timeout(t0 + s(60));
+        assert!(c.get("a").is_none());
+    }
+}

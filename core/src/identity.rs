@@ -1,0 +1,171 @@
+//! Who is calling: the SHA-256 of a client certificate's public key.
+//!
+//! KES never authenticates a name or a subject, only a key: re-issuing a
+//! certificate for the same key pair keeps its identity, which is what lets
+//! operators rotate certificates without touching policies.
+
+use std::fmt;
+
+use sha2::{Digest, Sha256};
+
+use crate::der;
+
+/// The lowercase-hex SHA-256 of a certificate's DER SubjectPublicKeyInfo.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Identity([u8; 32]);
+
+impl Identity {
+    /// The identity of a DER-encoded SubjectPublicKeyInfo.
+    pub fn from_spki_der(spki: &[u8]) -> Self {
+        Self(Sha256::digest(spki).into())
+    }
+
+    /// The identity of one DER certificate.
+    pub fn from_certificate(der: &[u8]) -> Result<Self, IdentityError> {
+        let info = der::parse_certificate(der).ok_or(IdentityError::Malformed)?;
+        Ok(Self::from_spki_der(info.spki))
+    }
+
+    /// The identity of a peer chain (leaf first), following KES: CA
+    /// certificates are skipped, exactly one other certificate must remain,
+    /// and a lone CA certificate is still accepted (seed-era behaviour that
+    /// self-signed `openssl req -x509` client certificates depend on).
+    pub fn from_chain<C: AsRef<[u8]>>(chain: &[C]) -> Result<Self, IdentityError> {
+        match chain {
+            [] => Err(IdentityError::Missing),
+            [only] => Self::from_certificate(only.as_ref()),
+            many => {
+                let mut found = None;
+                for cert in many {
+                    let info =
+                        der::parse_certificate(cert.as_ref()).ok_or(IdentityError::Malformed)?;
+                    if info.is_ca {
+                        continue;
+                    }
+                    if found.is_some() {
+                        return Err(IdentityError::TooMany);
+                    }
+                    found = Some(Self::from_spki_der(info.spki));
+                }
+                found.ok_or(IdentityError::Missing)
+            }
+        }
+    }
+
+    /// Parses 64 lowercase hex characters; anything else is not an identity
+    /// (and, used as admin, disables the admin account).
+    pub fn parse(s: &str) -> Option<Self> {
+        let b = s.as_bytes();
+        if b.len() != 64 {
+            return None;
+        }
+        let mut out = [0u8; 32];
+        for (i, pair) in b.chunks_exact(2).enumerate() {
+            let hi = hex_val(pair[0])?;
+            let lo = hex_val(pair[1])?;
+            out[i] = hi << 4 | lo;
+        }
+        Some(Self(out))
+    }
+
+    /// The raw 32 digest bytes.
+    pub fn as_bytes(&self) -> &[u8; 32] {
+        &self.0
+    }
+}
+
+fn hex_val(c: u8) -> Option<u8> {
+    match c {
+        b'0'..=b'9' => Some(c - b'0'),
+        b'a'..=b'f' => Some(c - b'a' + 10),
+        _ => None,
+    }
+}
+
+impl fmt::Display for Identity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for b in self.0 {
+            write!(f, "{b:02x}")?;
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Debug for Identity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Identity({self})")
+    }
+}
+
+/// Why no identity could be computed from a peer's certificates.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IdentityError {
+    /// The peer sent no (non-CA) certificate.
+    Missing,
+    /// More than one non-CA certificate was sent.
+    TooMany,
+    /// A certificate could not be parsed.
+    Malformed,
+}
+
+impl fmt::Display for IdentityError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Missing => "tls: client certificate is required",
+            Self::TooMany => "tls: received more than one client certificate",
+            Self::Malformed => "invalid client certificate",
+        })
+    }
+}
+
+impl std::error::Error for IdentityError {}
+
+/// The caller of a request, as the adapter established it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Caller {
+    /// No usable certificate; protected routes answer 400 with the reason.
+    Anonymous(IdentityError),
+    /// A certificate was presented and hashed.
+    Identified(Identity),
+}
+
+impl Caller {
+    /// The identity, if there is one.
+    pub fn identity(&self) -> Option<Identity> {
+        match self {
+            Self::Anonymous(_) => None,
+            Self::Identified(id) => Some(*id),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn api_key_spki_vector() {
+        // policy-identity.md §2.2: seed 0x00..0x1f. The Ed25519 public key of
+        // that seed (RFC 8032 arithmetic) is fixed; we hash its SPKI.
+        let pubkey =
+            hex("03a107bff3ce10be1d70dd18e74bc09967e4d6309ba50d5f1ddc8664125531b8");
+        let mut spki = vec![0x30, 0x2a, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x03, 0x21, 0x00];
+        spki.extend_from_slice(&pubkey);
+        assert_eq!(
+            Identity::from_spki_der(&spki).to_string(),
+            "a050837d85070582ccf7394b0988847cc312cb88259b894899f6f239cf1791a5"
+        );
+    }
+
+    #[test]
+    fn parse_round_trip_and_rejects() {
+        let s = "3ecfcdf38fcbe141ae26a1030f81e96b753365a46760ae6b578698a97c59fd22";
+        assert_eq!(Identity::parse(s).unwrap().to_string(), s);
+        assert!(Identity::parse("disabled").is_none());
+        assert!(Identity::parse(&s.to_uppercase()).is_none());
+    }
+
+    fn hex(s: &str) -> Vec<u8> {
+        (0..s.len()).step_by(2).map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap()).collect()
+    }
+}

@@ -1,0 +1,91 @@
+//! Request metrics, rendered as Prometheus text with KES's metric names.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::time::Duration;
+
+const BUCKETS: [f64; 10] = [0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 1.5, 3.0, 5.0, 10.0];
+
+/// Counters the core keeps as it answers requests.
+#[derive(Clone, Debug, Default)]
+pub struct Metrics {
+    by_code: BTreeMap<u16, u64>,
+    buckets: [u64; 10],
+    count: u64,
+    sum: f64,
+    /// Audit events produced.
+    pub audit_events: u64,
+    /// Error events produced.
+    pub error_events: u64,
+}
+
+/// Process facts the adapter supplies (the core cannot read them itself).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SystemInfo {
+    /// Operating system name (`linux`).
+    pub os: String,
+    /// CPU architecture (`amd64` style names, as KES reports them).
+    pub arch: String,
+    /// Logical CPUs on the machine.
+    pub num_cpu: u64,
+    /// CPUs the process may use.
+    pub num_cpu_used: u64,
+    /// Heap bytes in use (resident memory where no heap figure exists).
+    pub mem_heap_used: u64,
+    /// Stack bytes.
+    pub mem_stack_used: u64,
+    /// Threads.
+    pub num_threads: u64,
+}
+
+impl Metrics {
+    /// Records one response.
+    pub fn observe(&mut self, code: u16, elapsed: Duration) {
+        *self.by_code.entry(code).or_default() += 1;
+        let secs = elapsed.as_secs_f64();
+        for (i, b) in BUCKETS.iter().enumerate() {
+            if secs <= *b {
+                self.buckets[i] += 1;
+            }
+        }
+        self.count += 1;
+        self.sum += secs;
+    }
+
+    /// Renders the Prometheus text exposition.
+    pub fn render(&self, active: usize, uptime: Duration, sys: &SystemInfo) -> String {
+        let mut s = String::with_capacity(2048);
+        for (name, help, range) in [
+            ("kes_http_request_success", "Number of requests that have been served successfully.", 200..300),
+            ("kes_http_request_error", "Number of requests that failed due to some error. (HTTP 4xx status code)", 400..500),
+            ("kes_http_request_failure", "Number of requests that failed due to some internal failure. (HTTP 5xx status code)", 500..600),
+        ] {
+            let _ = writeln!(s, "# HELP {name} {help}\n# TYPE {name} counter");
+            for (code, n) in self.by_code.range(range) {
+                let _ = writeln!(s, "{name}{{code=\"{code}\"}} {n}");
+            }
+        }
+        let _ = writeln!(s, "# HELP kes_http_request_active Number of active requests that are not finished, yet.\n# TYPE kes_http_request_active gauge\nkes_http_request_active {active}");
+        let _ = writeln!(s, "# HELP kes_http_response_time Histogram of request response times spawning from start to end of request.\n# TYPE kes_http_response_time histogram");
+        for (b, n) in BUCKETS.iter().zip(self.buckets) {
+            let _ = writeln!(s, "kes_http_response_time_bucket{{le=\"{b}\"}} {n}");
+        }
+        let _ = writeln!(s, "kes_http_response_time_bucket{{le=\"+Inf\"}} {}", self.count);
+        let _ = writeln!(s, "kes_http_response_time_sum {}", self.sum);
+        let _ = writeln!(s, "kes_http_response_time_count {}", self.count);
+        let gauges: [(&str, &str, &str, String); 8] = [
+            ("kes_log_error_events", "counter", "Number of error log events written.", self.error_events.to_string()),
+            ("kes_log_audit_events", "counter", "Number of audit log events written.", self.audit_events.to_string()),
+            ("kes_system_up_time", "gauge", "The time the server has been up and running in seconds.", format!("{:.2}", uptime.as_secs_f64())),
+            ("kes_system_num_cpu", "gauge", "The number of logical CPUs available on the system.", sys.num_cpu.to_string()),
+            ("kes_system_num_cpu_used", "gauge", "The number of logical CPUs usable by the server.", sys.num_cpu_used.to_string()),
+            ("kes_system_num_threads", "gauge", "The number of threads that currently exist.", sys.num_threads.to_string()),
+            ("kes_system_mem_heap_used", "gauge", "The number of bytes that are currently allocated on the heap memory.", sys.mem_heap_used.to_string()),
+            ("kes_system_mem_stack_used", "gauge", "The number of bytes that are currently used on the stack memory.", sys.mem_stack_used.to_string()),
+        ];
+        for (name, kind, help, value) in gauges {
+            let _ = writeln!(s, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}");
+        }
+        s
+    }
+}

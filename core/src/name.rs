@@ -1,0 +1,178 @@
+//! Names that reach a key store: validated once, at the edge, and then
+//! carried as types so no handler can forget to check.
+//!
+//! The alphabet is the seed era's (`0-9 A-Z a-z - _`, 1 to 80 bytes), which is
+//! a superset of v0.24's, so keys an older server created stay usable. It has
+//! no `/`, `\` or `.`, so a name can never escape the fs store's directory.
+
+use std::fmt;
+
+/// Longest name KES accepts, in bytes.
+pub const MAX_NAME_LEN: usize = 80;
+
+fn is_name_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b == b'-' || b == b'_'
+}
+
+/// A validated key name.
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct KeyName(String);
+
+impl KeyName {
+    /// Validates `s` as a key name.
+    pub fn parse(s: &str) -> Result<Self, NameError> {
+        if valid_name(s) {
+            Ok(Self(s.to_owned()))
+        } else {
+            Err(NameError::Key(s.to_owned()))
+        }
+    }
+
+    /// The name as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// True if `s` is a valid key, policy or identity name.
+pub fn valid_name(s: &str) -> bool {
+    !s.is_empty() && s.len() <= MAX_NAME_LEN && s.bytes().all(is_name_byte)
+}
+
+impl fmt::Display for KeyName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Debug for KeyName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "KeyName({})", self.0)
+    }
+}
+
+impl std::borrow::Borrow<str> for KeyName {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
+
+impl AsRef<str> for KeyName {
+    fn as_ref(&self) -> &str {
+        &self.0
+    }
+}
+
+/// A validated listing pattern (`/v1/key/list/<pattern>` and friends).
+///
+/// Both client generations must work: the seed-era client sends globs
+/// (`*`, `my-*`), kms-go sends bare prefixes (`my-`, or nothing for "all").
+/// A pattern containing `*` is therefore a glob; anything else is a prefix.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ListPattern {
+    /// Names starting with this text (empty: all names).
+    Prefix(String),
+    /// Names matching this glob (only `*` can occur).
+    Glob(String),
+}
+
+impl ListPattern {
+    /// Validates a listing pattern.
+    pub fn parse(s: &str) -> Result<Self, NameError> {
+        let ok = s.len() <= MAX_NAME_LEN && s.bytes().all(|b| is_name_byte(b) || b == b'*');
+        if !ok {
+            return Err(NameError::Pattern(s.to_owned()));
+        }
+        if s == "*" {
+            Ok(Self::Prefix(String::new()))
+        } else if s.contains('*') {
+            Ok(Self::Glob(s.to_owned()))
+        } else {
+            Ok(Self::Prefix(s.to_owned()))
+        }
+    }
+
+    /// Whether `name` is selected by this pattern.
+    pub fn matches(&self, name: &str) -> bool {
+        match self {
+            Self::Prefix(p) => name.starts_with(p.as_str()),
+            Self::Glob(g) => crate::policy::glob_match(g, name),
+        }
+    }
+}
+
+/// A name or pattern that failed validation; the text is what KES v0.24 says.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum NameError {
+    /// An invalid key name.
+    Key(String),
+    /// An invalid policy name.
+    Policy(String),
+    /// An invalid identity argument.
+    Identity(String),
+    /// An invalid listing pattern.
+    Pattern(String),
+}
+
+impl fmt::Display for NameError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Key(x) => {
+                write!(f, "key name '{x}' is empty, too long or contains invalid characters")
+            }
+            Self::Policy(x) => {
+                write!(f, "policy name '{x}' is empty, too long or contains invalid characters")
+            }
+            Self::Identity(x) => {
+                write!(f, "identity '{x}' is empty, too long or contains invalid characters")
+            }
+            Self::Pattern(x) => {
+                write!(f, "listing pattern '{x}' is empty, too long or is invalid")
+            }
+        }
+    }
+}
+
+impl std::error::Error for NameError {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn rejects_what_a_store_cannot_hold() {
+        for bad in ["", "../x", "a/b", "..", ".", "a.b", "a\\b", "a b", "ä", &"k".repeat(81)] {
+            assert!(KeyName::parse(bad).is_err(), "{bad:?}");
+        }
+        for good in ["a", "my-key", "Gamma_3", "_", "-x", &"k".repeat(80)] {
+            assert_eq!(KeyName::parse(good).unwrap().as_str(), good);
+        }
+    }
+
+    #[test]
+    fn list_patterns() {
+        assert_eq!(ListPattern::parse("").unwrap(), ListPattern::Prefix(String::new()));
+        assert_eq!(ListPattern::parse("*").unwrap(), ListPattern::Prefix(String::new()));
+        assert!(ListPattern::parse("my-").unwrap().matches("my-key"));
+        assert!(ListPattern::parse("my-*").unwrap().matches("my-key"));
+        assert!(!ListPattern::parse("*-x").unwrap().matches("my-key"));
+        assert!(ListPattern::parse("a/b").is_err());
+        assert!(ListPattern::parse("a?").is_err());
+    }
+
+    proptest! {
+        #[test]
+        fn parse_display_round_trip(s in "[0-9A-Za-z_-]{1,80}") {
+            prop_assert_eq!(KeyName::parse(&s).unwrap().to_string(), s);
+        }
+
+        #[test]
+        fn accepted_names_are_path_safe(s in "\\PC{0,100}") {
+            if let Ok(n) = KeyName::parse(&s) {
+                prop_assert!(!n.as_str().contains(['/', '\\', '.']));
+                prop_assert!(!n.as_str().is_empty() && n.as_str().len() <= 80);
+            }
+        }
+    }
+}
