@@ -160,7 +160,11 @@ mod tests {
     #[test]
     fn any_expiry_empties_everything() {
         let t0 = Instant::now();
-        let cfg = CacheConfig { any: Duration::from_secs(60), unused: Duration::ZERO, offline: Duration::ZERO };
+        let cfg = CacheConfig {
+            any: Duration::from_secs(60),
+            unused: Duration::ZERO,
+            offline: Duration::ZERO,
+        };
         let mut c = KeyCache::new(cfg, t0);
         c.insert(name("a"), key());
         assert_eq!(c.poll_timeout(), Some(t0 + Duration::from_secs(60)));
@@ -173,7 +177,11 @@ mod tests {
     #[test]
     fn unused_keys_go_used_keys_stay() {
         let t0 = Instant::now();
-        let cfg = CacheConfig { any: Duration::ZERO, unused: Duration::from_secs(20), offline: Duration::ZERO };
+        let cfg = CacheConfig {
+            any: Duration::ZERO,
+            unused: Duration::from_secs(20),
+            offline: Duration::ZERO,
+        };
         let mut c = KeyCache::new(cfg, t0);
         c.insert(name("busy"), key());
         c.insert(name("idle"), key());
@@ -194,6 +202,7 @@ mod tests {
         let mut c = KeyCache::new(cfg, t0);
         c.insert(name("a"), key());
         assert_eq!(c.handle_timeout(t0 + s(5)), Tick::Idle);
+        assert!(c.get("a").is_some()); // used, so the 10s sweep keeps it
         assert_eq!(c.handle_timeout(t0 + s(10)), Tick::Probe);
         c.set_offline(true, t0 + s(10));
         // any (30s) and unused (5s sweeps) are suspended while offline.

@@ -129,7 +129,11 @@ pub struct CacheConfig {
 impl Default for CacheConfig {
     /// The documented intent (any 5m, unused 30s), not v0.24's defaulting bug.
     fn default() -> Self {
-        Self { any: Duration::from_secs(300), unused: Duration::from_secs(30), offline: Duration::ZERO }
+        Self {
+            any: Duration::from_secs(300),
+            unused: Duration::from_secs(30),
+            offline: Duration::ZERO,
+        }
     }
 }
 
@@ -296,7 +300,10 @@ fn expand_env(
             out.push('\n');
             continue;
         };
-        if matches!(own, "allow" | "deny" | "paths") || (key.is_none() && matches!(context, Some("allow" | "deny" | "paths"))) || own == "version" {
+        if matches!(own, "allow" | "deny" | "paths")
+            || (key.is_none() && matches!(context, Some("allow" | "deny" | "paths")))
+            || own == "version"
+        {
             out.push_str(line);
             out.push('\n');
             continue;
@@ -509,11 +516,12 @@ impl<'de> Deserialize<'de> for LogLevel {
         let level = match t.as_str() {
             "" | "ON" | "TRUE" => Some(0),
             "OFF" | "FALSE" => Some(9),
-            _ => base(&t).or_else(|| {
-                let (b, n) = t.split_once('+')?;
-                Some(base(b)? + n.parse::<i32>().ok()?)
-            })
-            .or_else(|| t.parse::<i32>().ok()),
+            _ => base(&t)
+                .or_else(|| {
+                    let (b, n) = t.split_once('+')?;
+                    Some(base(b)? + n.parse::<i32>().ok()?)
+                })
+                .or_else(|| t.parse::<i32>().ok()),
         };
         level.map(Self).ok_or_else(|| {
             de::Error::custom(format!(
@@ -552,12 +560,16 @@ impl Raw {
         let v1 = match text(self.version).as_deref() {
             None => false,
             Some("v1") => true,
-            Some(v) => return Err(ConfigError::new(format!("invalid config version '{v}': only v1"))),
+            Some(v) => {
+                return Err(ConfigError::new(format!("invalid config version '{v}': only v1")))
+            }
         };
         let admin_text = text(self.admin.and_then(|a| a.identity)).or_else(|| text(self.root));
         let admin = AdminSetting::from_text(admin_text.as_deref().unwrap_or(""));
         if let AdminSetting::Disabled(v) = &admin {
-            warnings.push(format!("admin identity '{v}' is not an identity: the admin account is disabled"));
+            warnings.push(format!(
+                "admin identity '{v}' is not an identity: the admin account is disabled"
+            ));
         }
 
         let raw_tls = self.tls.unwrap_or_default();
@@ -576,7 +588,8 @@ impl Raw {
                         )))
                     }
                     Some(id) => proxy_identities.push(id),
-                    None => warnings.push(format!("tls proxy identity '{s}' is not an identity; ignored")),
+                    None => warnings
+                        .push(format!("tls proxy identity '{s}' is not an identity; ignored")),
                 }
             }
             if let Some(h) = p.header.and_then(|h| text(h.cert)) {
@@ -611,7 +624,9 @@ impl Raw {
                     "policy name '{name}' contains characters the API cannot address"
                 ));
             }
-            let list = |v: Option<Vec<Text>>| v.unwrap_or_default().into_iter().map(|t| t.0).collect::<Vec<_>>();
+            let list = |v: Option<Vec<Text>>| {
+                v.unwrap_or_default().into_iter().map(|t| t.0).collect::<Vec<_>>()
+            };
             let mut allow = list(p.allow);
             allow.extend(list(p.paths));
             let deny = list(p.deny);
@@ -635,10 +650,14 @@ impl Raw {
                     continue;
                 };
                 if Some(id) == admin.identity() {
-                    return Err(ConfigError::new(format!("policy '{name}' contains the admin identity")));
+                    return Err(ConfigError::new(format!(
+                        "policy '{name}' contains the admin identity"
+                    )));
                 }
                 if tls.proxy_identities.contains(&id) {
-                    return Err(ConfigError::new(format!("policy '{name}' contains a TLS proxy identity")));
+                    return Err(ConfigError::new(format!(
+                        "policy '{name}' contains a TLS proxy identity"
+                    )));
                 }
                 if let Some(other) = owner.insert(id, name.clone()) {
                     return Err(ConfigError::new(format!(
@@ -665,7 +684,7 @@ impl Raw {
 
         let raw_log = self.log.unwrap_or_default();
         let log = LogConfig {
-            error: raw_log.error.map_or(true, |l| l.0 <= 8),
+            error: raw_log.error.is_none_or(|l| l.0 <= 8),
             audit: raw_log.audit.map_or(v1, |l| l.0 <= 0),
         };
 
@@ -681,7 +700,9 @@ impl Raw {
                         return Err(ConfigError::new("keys: every entry needs a non-empty name"));
                     }
                     if keys.contains(&name) {
-                        return Err(ConfigError::new(format!("keys: key '{name}' is defined multiple times")));
+                        return Err(ConfigError::new(format!(
+                            "keys: key '{name}' is defined multiple times"
+                        )));
                     }
                     if !valid_name(&name) {
                         return Err(ConfigError::new(format!(
@@ -691,9 +712,13 @@ impl Raw {
                     keys.push(name);
                 }
             }
-            Some(m @ serde_yaml::Value::Mapping(_)) if keystore_value.is_none() => keystore_value = Some(m),
+            Some(m @ serde_yaml::Value::Mapping(_)) if keystore_value.is_none() => {
+                keystore_value = Some(m)
+            }
             Some(serde_yaml::Value::Null) | None => {}
-            Some(_) => return Err(ConfigError::new("keys: expected a list of '- name: <key>' entries")),
+            Some(_) => {
+                return Err(ConfigError::new("keys: expected a list of '- name: <key>' entries"))
+            }
         }
 
         let keystore = select_keystore(keystore_value.as_ref(), &mut warnings)?;
@@ -703,13 +728,19 @@ impl Raw {
             api: match text(raw_compat.api).as_deref() {
                 None | Some("v0.24") => ApiCompat::V024,
                 Some("v0.19") => ApiCompat::V019,
-                Some(v) => return Err(ConfigError::new(format!("compat.api: '{v}' is not v0.24 or v0.19"))),
+                Some(v) => {
+                    return Err(ConfigError::new(format!(
+                        "compat.api: '{v}' is not v0.24 or v0.19"
+                    )))
+                }
             },
             ciphertext: match text(raw_compat.ciphertext).as_deref() {
                 None | Some("json") => CiphertextFormat::Json,
                 Some("raw") => CiphertextFormat::Raw,
                 Some(v) => {
-                    return Err(ConfigError::new(format!("compat.ciphertext: '{v}' is not json or raw")))
+                    return Err(ConfigError::new(format!(
+                        "compat.ciphertext: '{v}' is not json or raw"
+                    )))
                 }
             },
         };
@@ -735,7 +766,8 @@ fn select_keystore(
     warnings: &mut Vec<String>,
 ) -> Result<KeystoreConfig, ConfigError> {
     let Some(v) = v else {
-        warnings.push("no keystore configured: keys live in memory and are lost on exit".to_owned());
+        warnings
+            .push("no keystore configured: keys live in memory and are lost on exit".to_owned());
         return Ok(KeystoreConfig::Memory);
     };
     let fs_path = lookup(v, &["fs", "path"]).map(scalar_text).unwrap_or_default();
@@ -750,7 +782,9 @@ fn select_keystore(
     }
     match chosen.as_slice() {
         [] => {
-            warnings.push("no keystore configured: keys live in memory and are lost on exit".to_owned());
+            warnings.push(
+                "no keystore configured: keys live in memory and are lost on exit".to_owned(),
+            );
             Ok(KeystoreConfig::Memory)
         }
         ["fs"] => Ok(KeystoreConfig::Fs { path: fs_path }),
@@ -870,7 +904,8 @@ compat:
         let e = Config::parse("admin:\n  identity: ${NOPE}\n", &env).unwrap_err();
         assert_eq!(e.line, Some(2));
         assert!(e.message.contains("NOPE"));
-        let e = Config::parse("keystore:\n  vault:\n    endpoint: https://v:8200\n", &env).unwrap_err();
+        let e =
+            Config::parse("keystore:\n  vault:\n    endpoint: https://v:8200\n", &env).unwrap_err();
         assert!(e.message.contains("not supported yet"), "{e}");
         let e = Config::parse("tls: [1, 2\n", &env).unwrap_err();
         assert!(e.line.is_some());
@@ -880,9 +915,11 @@ compat:
     fn admin_disabled_and_duplicates() {
         let c = Config::parse("admin:\n  identity: disabled\n", &env).unwrap();
         assert_eq!(c.admin, AdminSetting::Disabled("disabled".into()));
-        let dup = format!("policy:\n  a:\n    identities: [{OTHER}]\n  b:\n    identities: [{OTHER}]\n");
+        let dup =
+            format!("policy:\n  a:\n    identities: [{OTHER}]\n  b:\n    identities: [{OTHER}]\n");
         assert!(Config::parse(&dup, &env).unwrap_err().message.contains("multiple policies"));
-        let adm = format!("admin:\n  identity: {ADMIN}\npolicy:\n  a:\n    identities: [{ADMIN}]\n");
+        let adm =
+            format!("admin:\n  identity: {ADMIN}\npolicy:\n  a:\n    identities: [{ADMIN}]\n");
         assert!(Config::parse(&adm, &env).unwrap_err().message.contains("admin"));
     }
 

@@ -147,8 +147,7 @@ mod tests {
     fn api_key_spki_vector() {
         // policy-identity.md §2.2: seed 0x00..0x1f. The Ed25519 public key of
         // that seed (RFC 8032 arithmetic) is fixed; we hash its SPKI.
-        let pubkey =
-            hex("03a107bff3ce10be1d70dd18e74bc09967e4d6309ba50d5f1ddc8664125531b8");
+        let pubkey = hex("03a107bff3ce10be1d70dd18e74bc09967e4d6309ba50d5f1ddc8664125531b8");
         let mut spki = vec![0x30, 0x2a, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x03, 0x21, 0x00];
         spki.extend_from_slice(&pubkey);
         assert_eq!(

@@ -47,5 +47,5 @@ pub use event::Event;
 pub use identity::{Caller, Identity, IdentityError};
 pub use keystore::{Command, CommandId, StoreError, StoreReply};
 pub use name::KeyName;
-pub use server::{RequestId, RouteLimits, Server};
+pub use server::{RequestId, RouteLimits, RouteTable, Server};
 pub use time::{Now, UnixTime};

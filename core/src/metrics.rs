@@ -74,14 +74,54 @@ impl Metrics {
         let _ = writeln!(s, "kes_http_response_time_sum {}", self.sum);
         let _ = writeln!(s, "kes_http_response_time_count {}", self.count);
         let gauges: [(&str, &str, &str, String); 8] = [
-            ("kes_log_error_events", "counter", "Number of error log events written.", self.error_events.to_string()),
-            ("kes_log_audit_events", "counter", "Number of audit log events written.", self.audit_events.to_string()),
-            ("kes_system_up_time", "gauge", "The time the server has been up and running in seconds.", format!("{:.2}", uptime.as_secs_f64())),
-            ("kes_system_num_cpu", "gauge", "The number of logical CPUs available on the system.", sys.num_cpu.to_string()),
-            ("kes_system_num_cpu_used", "gauge", "The number of logical CPUs usable by the server.", sys.num_cpu_used.to_string()),
-            ("kes_system_num_threads", "gauge", "The number of threads that currently exist.", sys.num_threads.to_string()),
-            ("kes_system_mem_heap_used", "gauge", "The number of bytes that are currently allocated on the heap memory.", sys.mem_heap_used.to_string()),
-            ("kes_system_mem_stack_used", "gauge", "The number of bytes that are currently used on the stack memory.", sys.mem_stack_used.to_string()),
+            (
+                "kes_log_error_events",
+                "counter",
+                "Number of error log events written.",
+                self.error_events.to_string(),
+            ),
+            (
+                "kes_log_audit_events",
+                "counter",
+                "Number of audit log events written.",
+                self.audit_events.to_string(),
+            ),
+            (
+                "kes_system_up_time",
+                "gauge",
+                "The time the server has been up and running in seconds.",
+                format!("{:.2}", uptime.as_secs_f64()),
+            ),
+            (
+                "kes_system_num_cpu",
+                "gauge",
+                "The number of logical CPUs available on the system.",
+                sys.num_cpu.to_string(),
+            ),
+            (
+                "kes_system_num_cpu_used",
+                "gauge",
+                "The number of logical CPUs usable by the server.",
+                sys.num_cpu_used.to_string(),
+            ),
+            (
+                "kes_system_num_threads",
+                "gauge",
+                "The number of threads that currently exist.",
+                sys.num_threads.to_string(),
+            ),
+            (
+                "kes_system_mem_heap_used",
+                "gauge",
+                "The number of bytes that are currently allocated on the heap memory.",
+                sys.mem_heap_used.to_string(),
+            ),
+            (
+                "kes_system_mem_stack_used",
+                "gauge",
+                "The number of bytes that are currently used on the stack memory.",
+                sys.mem_stack_used.to_string(),
+            ),
         ];
         for (name, kind, help, value) in gauges {
             let _ = writeln!(s, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}");

@@ -402,7 +402,10 @@ mod tests {
         let id = Identity::from_spki_der(b"x");
         assert_eq!(set.authorize(&id, "/v1/status"), Err(Refusal::NotAllowed));
         set.set_policy("p", policy(&["/v1/status"], &[]));
-        set.bind(id, Binding { policy: "p".into(), created_at: UnixTime::default(), created_by: None });
+        set.bind(
+            id,
+            Binding { policy: "p".into(), created_at: UnixTime::default(), created_by: None },
+        );
         assert_eq!(set.authorize(&id, "/v1/status"), Ok(()));
         set.remove_policy("p");
         assert_eq!(set.authorize(&id, "/v1/status"), Err(Refusal::PolicyMissing));
@@ -413,11 +416,15 @@ mod tests {
     fn reference(p: &[char], s: &[char]) -> bool {
         match p.split_first() {
             None => s.is_empty(),
-            Some(('*', rest)) => {
-                (0..=s.len()).take_while(|&i| i == 0 || s[i - 1] != '/').any(|i| reference(rest, &s[i..]))
+            Some(('*', rest)) => (0..=s.len())
+                .take_while(|&i| i == 0 || s[i - 1] != '/')
+                .any(|i| reference(rest, &s[i..])),
+            Some(('?', rest)) => {
+                matches!(s.split_first(), Some((c, tail)) if *c != '/' && reference(rest, tail))
             }
-            Some(('?', rest)) => matches!(s.split_first(), Some((c, tail)) if *c != '/' && reference(rest, tail)),
-            Some((c, rest)) => matches!(s.split_first(), Some((d, tail)) if d == c && reference(rest, tail)),
+            Some((c, rest)) => {
+                matches!(s.split_first(), Some((d, tail)) if d == c && reference(rest, tail))
+            }
         }
     }
 

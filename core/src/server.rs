@@ -36,6 +36,36 @@ pub struct RouteLimits {
     pub timeout: Duration,
 }
 
+/// Body limits and effective timeouts of every route.
+#[derive(Clone, Debug, Default)]
+pub struct RouteTable {
+    timeouts: Vec<Duration>,
+}
+
+impl RouteTable {
+    /// The table a config defines (route defaults plus `api:` overrides).
+    pub fn from_config(config: &Config) -> Self {
+        let timeouts = ROUTES
+            .iter()
+            .map(|r| config.api.get(r.path).and_then(|o| o.timeout).unwrap_or(r.timeout))
+            .collect();
+        Self { timeouts }
+    }
+
+    /// The limits for a request path (percent-encoded), before its body is
+    /// read. `None`: not a route (answered 404/301 without reading a body).
+    pub fn limits(&self, path: &str) -> Option<RouteLimits> {
+        let decoded = percent_decode(path)?;
+        match route::find(&decoded) {
+            RouteMatch::Found(i, _) => {
+                let timeout = self.timeouts.get(i).copied().unwrap_or(ROUTES[i].timeout);
+                Some(RouteLimits { max_body: ROUTES[i].max_body, timeout })
+            }
+            RouteMatch::Redirect(_) | RouteMatch::NotFound => None,
+        }
+    }
+}
+
 /// Most ciphertexts one bulk decrypt may carry.
 const MAX_BULK: usize = 1000;
 /// Server version reported by `/version` and `/v1/status`.
@@ -139,7 +169,9 @@ impl Server {
                             server.pending.insert(id, Pending::Declared(name));
                             server.declared_open += 1;
                         }
-                        Err(e) => server.startup_failures.push(format!("failed to create key '{name}': {e}")),
+                        Err(e) => server
+                            .startup_failures
+                            .push(format!("failed to create key '{name}': {e}")),
                     }
                 }
                 Err(e) => server.startup_failures.push(e.to_string()),
@@ -175,7 +207,10 @@ impl Server {
             };
             set.set_policy(name, policy);
             for id in &p.identities {
-                set.bind(*id, Binding { policy: name.clone(), created_at: now.unix, created_by: admin });
+                set.bind(
+                    *id,
+                    Binding { policy: name.clone(), created_at: now.unix, created_by: admin },
+                );
             }
         }
         self.policies = set;
@@ -203,17 +238,10 @@ impl Server {
         self.declared_open > 0
     }
 
-    /// The limits for a request, before its body is read. `None`: the path is
-    /// not a route (the core will answer 404/301 without reading a body).
-    pub fn route_limits(&self, path: &str) -> Option<RouteLimits> {
-        let decoded = percent_decode(path)?;
-        match route::find(&decoded) {
-            RouteMatch::Found(i, _) => {
-                let (_, timeout) = self.overrides.get(i).copied().unwrap_or_default();
-                Some(RouteLimits { max_body: ROUTES[i].max_body, timeout })
-            }
-            RouteMatch::Redirect(_) | RouteMatch::NotFound => None,
-        }
+    /// The per-route limits, as a value connection tasks can hold and consult
+    /// before a request reaches the core (it changes only on reload).
+    pub fn route_table(&self) -> RouteTable {
+        RouteTable { timeouts: self.overrides.iter().map(|(_, t)| *t).collect() }
     }
 
     /// Handles one request. Its response is in [`Self::poll_response`] at once
@@ -261,7 +289,9 @@ impl Server {
                 self.declared_open = self.declared_open.saturating_sub(1);
                 match result {
                     Ok(_) | Err(StoreError::Exists) => {}
-                    Err(e) => self.startup_failures.push(format!("failed to create key '{name}': {e}")),
+                    Err(e) => {
+                        self.startup_failures.push(format!("failed to create key '{name}': {e}"))
+                    }
                 }
             }
             Pending::Probe => {
@@ -372,7 +402,8 @@ impl Server {
     /// When [`Self::handle_timeout`] next has work, and who wants it.
     #[must_use]
     pub fn poll_timeout(&self) -> Option<(Instant, &'static str)> {
-        let requests = self.inflight.values().filter_map(|f| f.deadline).min().map(|d| (d, "request"));
+        let requests =
+            self.inflight.values().filter_map(|f| f.deadline).min().map(|d| (d, "request"));
         let cache = self.cache.poll_timeout().map(|d| (d, "cache"));
         [requests, cache].into_iter().flatten().min_by_key(|(d, _)| *d)
     }
@@ -407,7 +438,11 @@ impl Server {
                 return Ok(());
             }
             RouteMatch::NotFound => {
-                let mut r = Response::with(StatusCode::NOT_FOUND, "text/plain; charset=utf-8", b"404 page not found\n".to_vec());
+                let mut r = Response::with(
+                    StatusCode::NOT_FOUND,
+                    "text/plain; charset=utf-8",
+                    b"404 page not found\n".to_vec(),
+                );
                 r.headers.push(("X-Content-Type-Options", "nosniff".to_owned()));
                 self.finish(id, ctx, r, now);
                 return Ok(());
@@ -415,7 +450,10 @@ impl Server {
         };
         let route = &ROUTES[index];
         if !route.accepts(&req.method) {
-            return Err(ApiError::MethodNotAllowed { got: req.method.to_string(), want: route.method.as_str() });
+            return Err(ApiError::MethodNotAllowed {
+                got: req.method.to_string(),
+                want: route.method.as_str(),
+            });
         }
         if let Some(q) = &req.query {
             let enclave = q.split('&').find_map(|kv| kv.strip_prefix("enclave="));
@@ -440,8 +478,16 @@ impl Server {
             Op::Status => self.issue(id, ctx, deadline, Command::Status, Pending::Status(id)),
             Op::Ready => self.issue(id, ctx, deadline, Command::Status, Pending::Ready(id)),
             Op::Metrics => {
-                let text = self.metrics.render(self.inflight.len() + 1, now.instant - self.started.instant, &self.system);
-                let r = Response::with(StatusCode::OK, "text/plain; version=0.0.4; charset=utf-8", text.into_bytes());
+                let text = self.metrics.render(
+                    self.inflight.len() + 1,
+                    now.instant - self.started.instant,
+                    &self.system,
+                );
+                let r = Response::with(
+                    StatusCode::OK,
+                    "text/plain; version=0.0.4; charset=utf-8",
+                    text.into_bytes(),
+                );
                 self.finish(id, ctx, r, now);
             }
             Op::Api => {
@@ -461,27 +507,46 @@ impl Server {
             Op::KeyImport => {
                 let name = key(&resource)?;
                 let obj = wire::parse_object(&body).map_err(|_| ApiError::InvalidImportBody)?;
-                let mut bytes = wire::bytes_field(&obj, "key").map_err(|_| ApiError::InvalidImportBody)?;
+                let mut bytes =
+                    wire::bytes_field(&obj, "key").map_err(|_| ApiError::InvalidImportBody)?;
                 if bytes.is_empty() {
-                    bytes = wire::bytes_field(&obj, "bytes").map_err(|_| ApiError::InvalidImportBody)?;
+                    bytes = wire::bytes_field(&obj, "bytes")
+                        .map_err(|_| ApiError::InvalidImportBody)?;
                 }
                 let bytes = SecretBytes::new(bytes);
-                let cipher = wire::str_field(&obj, "cipher").map_err(|_| ApiError::InvalidImportBody)?;
+                let cipher =
+                    wire::str_field(&obj, "cipher").map_err(|_| ApiError::InvalidImportBody)?;
                 let alg = if cipher.is_empty() {
                     Algorithm::Aes256
                 } else {
-                    Algorithm::from_name(cipher).ok_or_else(|| ApiError::UnsupportedAlgorithm(cipher.to_owned()))?
+                    Algorithm::from_name(cipher)
+                        .ok_or_else(|| ApiError::UnsupportedAlgorithm(cipher.to_owned()))?
                 };
                 let label = if cipher.is_empty() { "AES256" } else { cipher };
-                let raw: [u8; 32] = bytes.expose().try_into().map_err(|_| ApiError::InvalidKeySize(label.to_owned()))?;
+                let raw: [u8; 32] = bytes
+                    .expose()
+                    .try_into()
+                    .map_err(|_| ApiError::InvalidKeySize(label.to_owned()))?;
                 let mut hmac = [0u8; 32];
                 rng.fill_bytes(&mut hmac);
-                let k = SecretKey::new(raw, Some(alg), Some(hmac), Some(now.unix), ctx.identity.map(|i| i.to_string()));
+                let k = SecretKey::new(
+                    raw,
+                    Some(alg),
+                    Some(hmac),
+                    Some(now.unix),
+                    ctx.identity.map(|i| i.to_string()),
+                );
                 self.create(id, ctx, deadline, name, &k)?;
             }
             Op::KeyDelete => {
                 let name = key(&resource)?;
-                self.issue(id, ctx, deadline, Command::Delete { name: name.clone() }, Pending::Delete(id, name));
+                self.issue(
+                    id,
+                    ctx,
+                    deadline,
+                    Command::Delete { name: name.clone() },
+                    Pending::Delete(id, name),
+                );
             }
             Op::KeyList => {
                 let pattern = ListPattern::parse(&resource).map_err(ApiError::InvalidName)?;
@@ -494,34 +559,59 @@ impl Server {
             Op::KeyGenerate => {
                 let name = key(&resource)?;
                 let obj = object(&body)?;
-                let context = wire::bytes_field(&obj, "context").map_err(|_| ApiError::InvalidBody)?;
+                let context =
+                    wire::bytes_field(&obj, "context").map_err(|_| ApiError::InvalidBody)?;
                 self.with_key(id, ctx, deadline, name, KeyOp::Generate { context }, now, rng);
             }
             Op::KeyEncrypt => {
                 let name = key(&resource)?;
                 let obj = object(&body)?;
-                let plaintext = SecretBytes::new(wire::bytes_field(&obj, "plaintext").map_err(|_| ApiError::InvalidBody)?);
-                let context = wire::bytes_field(&obj, "context").map_err(|_| ApiError::InvalidBody)?;
-                self.with_key(id, ctx, deadline, name, KeyOp::Encrypt { plaintext, context }, now, rng);
+                let plaintext = SecretBytes::new(
+                    wire::bytes_field(&obj, "plaintext").map_err(|_| ApiError::InvalidBody)?,
+                );
+                let context =
+                    wire::bytes_field(&obj, "context").map_err(|_| ApiError::InvalidBody)?;
+                self.with_key(
+                    id,
+                    ctx,
+                    deadline,
+                    name,
+                    KeyOp::Encrypt { plaintext, context },
+                    now,
+                    rng,
+                );
             }
             Op::KeyDecrypt => {
                 let name = key(&resource)?;
                 let obj = object(&body)?;
-                let ciphertext = wire::bytes_field(&obj, "ciphertext").map_err(|_| ApiError::InvalidBody)?;
-                let context = wire::bytes_field(&obj, "context").map_err(|_| ApiError::InvalidBody)?;
-                self.with_key(id, ctx, deadline, name, KeyOp::Decrypt { ciphertext, context }, now, rng);
+                let ciphertext =
+                    wire::bytes_field(&obj, "ciphertext").map_err(|_| ApiError::InvalidBody)?;
+                let context =
+                    wire::bytes_field(&obj, "context").map_err(|_| ApiError::InvalidBody)?;
+                self.with_key(
+                    id,
+                    ctx,
+                    deadline,
+                    name,
+                    KeyOp::Decrypt { ciphertext, context },
+                    now,
+                    rng,
+                );
             }
             Op::KeyBulkDecrypt => {
                 let name = key(&resource)?;
-                let items: Vec<Value> = serde_json::from_slice(&body).map_err(|_| ApiError::InvalidBody)?;
+                let items: Vec<Value> =
+                    serde_json::from_slice(&body).map_err(|_| ApiError::InvalidBody)?;
                 if items.len() > MAX_BULK {
                     return Err(ApiError::TooManyCiphertexts);
                 }
                 let mut list = Vec::with_capacity(items.len());
                 for item in &items {
                     let obj = item.as_object().ok_or(ApiError::InvalidBody)?;
-                    let ct = wire::bytes_field(obj, "ciphertext").map_err(|_| ApiError::InvalidBody)?;
-                    let cx = wire::bytes_field(obj, "context").map_err(|_| ApiError::InvalidBody)?;
+                    let ct =
+                        wire::bytes_field(obj, "ciphertext").map_err(|_| ApiError::InvalidBody)?;
+                    let cx =
+                        wire::bytes_field(obj, "context").map_err(|_| ApiError::InvalidBody)?;
                     list.push((ct, cx));
                 }
                 self.with_key(id, ctx, deadline, name, KeyOp::Bulk(list), now, rng);
@@ -529,7 +619,8 @@ impl Server {
             Op::KeyHmac => {
                 let name = key(&resource)?;
                 let obj = object(&body)?;
-                let message = wire::bytes_field(&obj, "message").map_err(|_| ApiError::InvalidBody)?;
+                let message =
+                    wire::bytes_field(&obj, "message").map_err(|_| ApiError::InvalidBody)?;
                 self.with_key(id, ctx, deadline, name, KeyOp::Hmac { message }, now, rng);
             }
             Op::PolicyDescribe | Op::PolicyRead => {
@@ -573,7 +664,12 @@ impl Server {
                         Some(_) => Err(ApiError::InvalidBody),
                     }
                 };
-                let policy = Policy { allow: list("allow")?, deny: list("deny")?, created_at: now.unix, created_by: ctx.identity };
+                let policy = Policy {
+                    allow: list("allow")?,
+                    deny: list("deny")?,
+                    created_at: now.unix,
+                    created_by: ctx.identity,
+                };
                 self.policies.set_policy(&name, policy);
                 self.finish(id, ctx, Response::empty(StatusCode::OK), now);
             }
@@ -584,14 +680,18 @@ impl Server {
                 if text.is_empty() {
                     return Err(ApiError::IdentityUnknown);
                 }
-                let target = Identity::parse(text).ok_or_else(|| ApiError::InvalidName(NameError::Identity(text.to_owned())))?;
+                let target = Identity::parse(text)
+                    .ok_or_else(|| ApiError::InvalidName(NameError::Identity(text.to_owned())))?;
                 if Some(target) == ctx.identity {
                     return Err(ApiError::SelfAssign);
                 }
                 if Some(target) == self.admin.identity() {
                     return Err(ApiError::IdentityIsRoot);
                 }
-                self.policies.bind(target, Binding { policy: name, created_at: now.unix, created_by: ctx.identity });
+                self.policies.bind(
+                    target,
+                    Binding { policy: name, created_at: now.unix, created_by: ctx.identity },
+                );
                 self.finish(id, ctx, Response::empty(StatusCode::OK), now);
             }
             Op::PolicyDelete => {
@@ -656,7 +756,11 @@ impl Server {
             }
             Op::LogError | Op::LogAudit => {
                 let mut r = Response::with(StatusCode::OK, NDJSON, Vec::new());
-                r.stream = Some(if route.op == Op::LogAudit { LogStream::Audit } else { LogStream::Error });
+                r.stream = Some(if route.op == Op::LogAudit {
+                    LogStream::Audit
+                } else {
+                    LogStream::Error
+                });
                 self.finish(id, ctx, r, now);
             }
             Op::EnclaveCreate | Op::EnclaveDelete => {
@@ -673,7 +777,13 @@ impl Server {
         Ok(())
     }
 
-    fn authorize(&self, auth: Auth, skip: bool, caller: Caller, path: &str) -> Result<(), ApiError> {
+    fn authorize(
+        &self,
+        auth: Auth,
+        skip: bool,
+        caller: Caller,
+        path: &str,
+    ) -> Result<(), ApiError> {
         let admin = self.admin.identity();
         match (auth, skip) {
             (Auth::None, _) | (Auth::Policy, true) => Ok(()),
@@ -697,13 +807,27 @@ impl Server {
         }
     }
 
-    fn create(&mut self, id: RequestId, ctx: &Ctx, deadline: Option<Instant>, name: KeyName, key: &SecretKey) -> Result<(), ApiError> {
+    fn create(
+        &mut self,
+        id: RequestId,
+        ctx: &Ctx,
+        deadline: Option<Instant>,
+        name: KeyName,
+        key: &SecretKey,
+    ) -> Result<(), ApiError> {
         let value = keyfile::encode(key).map_err(|_| ApiError::StoreCreate)?;
         self.issue(id, ctx, deadline, Command::Create { name, value }, Pending::Create(id));
         Ok(())
     }
 
-    fn issue(&mut self, id: RequestId, ctx: &Ctx, deadline: Option<Instant>, cmd: Command, p: Pending) {
+    fn issue(
+        &mut self,
+        id: RequestId,
+        ctx: &Ctx,
+        deadline: Option<Instant>,
+        cmd: Command,
+        p: Pending,
+    ) {
         let cid = self.command(cmd);
         self.pending.insert(cid, p);
         self.inflight.insert(id, InFlight { ctx: ctx.clone(), deadline });
@@ -717,7 +841,16 @@ impl Server {
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn with_key(&mut self, id: RequestId, ctx: &Ctx, deadline: Option<Instant>, name: KeyName, op: KeyOp, now: Now, rng: &mut dyn CryptoRngCore) {
+    fn with_key(
+        &mut self,
+        id: RequestId,
+        ctx: &Ctx,
+        deadline: Option<Instant>,
+        name: KeyName,
+        op: KeyOp,
+        now: Now,
+        rng: &mut dyn CryptoRngCore,
+    ) {
         let format = self.compat.ciphertext;
         if let Some(key) = self.cache.get(name.as_str()) {
             let r = run_key_op(key, op, format, rng);
@@ -733,7 +866,13 @@ impl Server {
         }
     }
 
-    fn finish_fetch(&mut self, name: KeyName, result: Result<StoreReply, StoreError>, now: Now, rng: &mut dyn CryptoRngCore) {
+    fn finish_fetch(
+        &mut self,
+        name: KeyName,
+        result: Result<StoreReply, StoreError>,
+        now: Now,
+        rng: &mut dyn CryptoRngCore,
+    ) {
         let waiters = self.fetching.remove(&name).unwrap_or_default();
         let outcome: Result<(), ApiError> = match result {
             Ok(StoreReply::Value(v)) => match keyfile::decode(v.expose()) {
@@ -879,7 +1018,13 @@ impl Server {
         }
         if v019 {
             v.insert("policy_name".into(), b.policy.clone().into());
-            let list = |ps: &[Pattern]| if ps.is_empty() { Value::Null } else { patterns(ps) };
+            let list = |ps: &[Pattern]| {
+                if ps.is_empty() {
+                    Value::Null
+                } else {
+                    patterns(ps)
+                }
+            };
             v.insert("policy".into(), json!({"Allow": list(&p.allow), "Deny": list(&p.deny)}));
         } else {
             v.insert("policy".into(), b.policy.clone().into());
@@ -896,7 +1041,9 @@ fn patterns(ps: &[Pattern]) -> Value {
 }
 
 fn insert_pattern_objects(v: &mut Map<String, Value>, p: &Policy, allow: &str, deny: &str) {
-    let obj = |ps: &[Pattern]| Value::Object(ps.iter().map(|p| (p.as_str().to_owned(), json!({}))).collect());
+    let obj = |ps: &[Pattern]| {
+        Value::Object(ps.iter().map(|p| (p.as_str().to_owned(), json!({}))).collect())
+    };
     if !p.allow.is_empty() {
         v.insert(allow.into(), obj(&p.allow));
     }
@@ -921,7 +1068,12 @@ fn identity_arg(r: &str) -> Result<String, ApiError> {
     }
 }
 
-fn run_key_op(key: &SecretKey, op: KeyOp, format: crate::crypto::CiphertextFormat, rng: &mut dyn CryptoRngCore) -> Result<Response, ApiError> {
+fn run_key_op(
+    key: &SecretKey,
+    op: KeyOp,
+    format: crate::crypto::CiphertextFormat,
+    rng: &mut dyn CryptoRngCore,
+) -> Result<Response, ApiError> {
     match op {
         KeyOp::Describe(name) => {
             let mut v = json!({
@@ -979,7 +1131,8 @@ fn run_key_op(key: &SecretKey, op: KeyOp, format: crate::crypto::CiphertextForma
 /// A JSON object of base64 fields, built without intermediate `Value`s that
 /// would leave copies of secrets on the heap.
 fn secret_json(fields: &[(&str, &[u8])]) -> Response {
-    let mut body = Vec::with_capacity(fields.iter().map(|(_, v)| v.len() * 4 / 3 + 24).sum::<usize>() + 2);
+    let mut body =
+        Vec::with_capacity(fields.iter().map(|(_, v)| v.len() * 4 / 3 + 24).sum::<usize>() + 2);
     body.push(b'{');
     for (i, (name, value)) in fields.iter().enumerate() {
         if i > 0 {
@@ -990,7 +1143,12 @@ fn secret_json(fields: &[(&str, &[u8])]) -> Response {
         body.extend_from_slice(b"\":\"");
         let start = body.len();
         body.resize(start + base64::encoded_len(value.len(), true).unwrap_or(0), 0);
-        let n = base64::Engine::encode_slice(&base64::engine::general_purpose::STANDARD, value, &mut body[start..]).unwrap_or(0);
+        let n = base64::Engine::encode_slice(
+            &base64::engine::general_purpose::STANDARD,
+            value,
+            &mut body[start..],
+        )
+        .unwrap_or(0);
         body.truncate(start + n);
         body.push(b'"');
     }

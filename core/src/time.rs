@@ -76,7 +76,11 @@ impl UnixTime {
         };
         let (year, month, day) = (num(0..4)?, num(5..7)?, num(8..10)?);
         let (hour, min, sec) = (num(11..13)?, num(14..16)?, num(17..19)?);
-        if !(1..=12).contains(&month) || !(1..=31).contains(&day) || hour > 23 || min > 59 || sec > 60
+        if !(1..=12).contains(&month)
+            || !(1..=31).contains(&day)
+            || hour > 23
+            || min > 59
+            || sec > 60
         {
             return None;
         }
@@ -190,13 +194,10 @@ pub fn parse_go_duration(s: &str) -> Result<Duration, String> {
         if num_end == 0 {
             return Err(format!("invalid duration '{orig}'"));
         }
-        let value: f64 = rest[..num_end]
-            .parse()
-            .map_err(|_| format!("invalid duration '{orig}'"))?;
+        let value: f64 =
+            rest[..num_end].parse().map_err(|_| format!("invalid duration '{orig}'"))?;
         rest = &rest[num_end..];
-        let unit_end = rest
-            .find(|c: char| c.is_ascii_digit() || c == '.')
-            .unwrap_or(rest.len());
+        let unit_end = rest.find(|c: char| c.is_ascii_digit() || c == '.').unwrap_or(rest.len());
         let unit = &rest[..unit_end];
         rest = &rest[unit_end..];
         let scale = match unit {

@@ -101,7 +101,9 @@ impl ApiError {
             Self::KeyNotFound => (S::NOT_FOUND, "key does not exist"),
             Self::KeyExists => (S::BAD_REQUEST, "key already exists"),
             Self::NoHmacKey => (S::CONFLICT, "key does not support HMAC"),
-            Self::NotAuthentic => (S::BAD_REQUEST, "decryption failed: ciphertext is not authentic"),
+            Self::NotAuthentic => {
+                (S::BAD_REQUEST, "decryption failed: ciphertext is not authentic")
+            }
             Self::TooManyCiphertexts => (S::BAD_REQUEST, "too many ciphertexts"),
             Self::PolicyNotFound => (S::NOT_FOUND, "policy does not exist"),
             Self::IdentityNotFound => (S::NOT_FOUND, "identity does not exist"),
@@ -117,7 +119,9 @@ impl ApiError {
                 )
             }
             Self::BadPath => (S::BAD_REQUEST, "invalid URL escape in request path"),
-            Self::KeyMalformed => (S::INTERNAL_SERVER_ERROR, "failed to read key: key is malformed"),
+            Self::KeyMalformed => {
+                (S::INTERNAL_SERVER_ERROR, "failed to read key: key is malformed")
+            }
             Self::StoreCreate => (S::BAD_GATEWAY, "failed to create key"),
             Self::StoreRead => (S::BAD_GATEWAY, "failed to read key"),
             Self::StoreDelete => (S::BAD_GATEWAY, "failed to delete key"),

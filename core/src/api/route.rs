@@ -126,7 +126,16 @@ pub static ROUTES: &[Route] = &[
     route!("/v1/key/generate/", PUT, POST, MIB, S15, Policy, KeyGenerate, true),
     route!("/v1/key/encrypt/", PUT, POST, MIB, S15, Policy, KeyEncrypt, true),
     route!("/v1/key/decrypt/", PUT, POST, MIB, S15, Policy, KeyDecrypt, true),
-    route!("/v1/key/bulk/decrypt/", POST, Some(Method::PUT), MIB, S15, Policy, KeyBulkDecrypt, true),
+    route!(
+        "/v1/key/bulk/decrypt/",
+        POST,
+        Some(Method::PUT),
+        MIB,
+        S15,
+        Policy,
+        KeyBulkDecrypt,
+        true
+    ),
     route!("/v1/key/hmac/", PUT, POST, MIB, S15, Policy, KeyHmac, true),
     route!("/v1/policy/describe/", GET, Some(Method::HEAD), 0, S15, Policy, PolicyDescribe, true),
     route!("/v1/policy/read/", GET, None, 0, S15, Policy, PolicyRead, true),
@@ -204,9 +213,8 @@ fn clean_path(p: &str) -> String {
         cleaned.push('/');
         cleaned.push_str(seg);
     }
-    if cleaned.is_empty() {
-        cleaned.push('/');
-    } else if p.ends_with('/') || p.ends_with("/.") || p.ends_with("/..") {
+    let trailing = p.ends_with('/') || p.ends_with("/.") || p.ends_with("/..");
+    if cleaned.is_empty() || trailing {
         cleaned.push('/');
     }
     cleaned

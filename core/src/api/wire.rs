@@ -70,7 +70,12 @@ pub(crate) const NDJSON: &str = "application/x-ndjson";
 impl Response {
     /// A response with a body and content type.
     pub fn with(status: StatusCode, content_type: &'static str, body: Vec<u8>) -> Self {
-        Self { status, headers: vec![("Content-Type", content_type.to_owned())], body, stream: None }
+        Self {
+            status,
+            headers: vec![("Content-Type", content_type.to_owned())],
+            body,
+            stream: None,
+        }
     }
 
     /// A 200 JSON response.
@@ -98,8 +103,7 @@ impl Response {
 /// Looks up a JSON object field the way Go's decoder does: an exact match
 /// first, then a case-insensitive one (the seed-era client sends `Allow`).
 pub fn field_ci<'a>(obj: &'a Map<String, Value>, name: &str) -> Option<&'a Value> {
-    obj.get(name)
-        .or_else(|| obj.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v))
+    obj.get(name).or_else(|| obj.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v))
 }
 
 /// Why a JSON body was rejected.

@@ -155,10 +155,30 @@ mod tests {
     #[test]
     fn derived_keys_match_spec() {
         let cases = [
-            (Algorithm::Aes256, K1, IV1, "b1489727b2602a0e047cb237580a4c795aaf9023c5bc6b0b865c7fa17e0a2367"),
-            (Algorithm::Aes256, K2, IV2, "b0111c40ef9e68c95f4a7704f64d63667b1d7665703f5f2588db4d6ea28a1c6f"),
-            (Algorithm::ChaCha20, K1, IV1, "63af6fb4d59bc1c804aa5445ac7b83ad4a382704316d56d2c89aca16db68ee39"),
-            (Algorithm::ChaCha20, K2, IV2, "27f6b9a85aa02dd74c6d0fb3fb372b5c341e26e956403c358fdd0d3c34205339"),
+            (
+                Algorithm::Aes256,
+                K1,
+                IV1,
+                "b1489727b2602a0e047cb237580a4c795aaf9023c5bc6b0b865c7fa17e0a2367",
+            ),
+            (
+                Algorithm::Aes256,
+                K2,
+                IV2,
+                "b0111c40ef9e68c95f4a7704f64d63667b1d7665703f5f2588db4d6ea28a1c6f",
+            ),
+            (
+                Algorithm::ChaCha20,
+                K1,
+                IV1,
+                "63af6fb4d59bc1c804aa5445ac7b83ad4a382704316d56d2c89aca16db68ee39",
+            ),
+            (
+                Algorithm::ChaCha20,
+                K2,
+                IV2,
+                "27f6b9a85aa02dd74c6d0fb3fb372b5c341e26e956403c358fdd0d3c34205339",
+            ),
         ];
         for (alg, k, iv, want) in cases {
             assert_eq!(derive(alg, &arr(k), &arr(iv)).to_vec(), hex(want), "{alg:?}");
@@ -166,6 +186,7 @@ mod tests {
     }
 
     #[test]
+    #[allow(clippy::type_complexity)] // a literal table of spec vectors
     fn sealed_vectors_match_spec() {
         let dek = hex(&"c0ffee00".repeat(8));
         let cases: [(&str, &str, &str, &[u8], &[u8], &str, &str); 3] = [
@@ -182,7 +203,10 @@ mod tests {
             assert_eq!(seal(Algorithm::Aes256, &k, &iv, &n, pt, ctx), hex(aes));
             assert_eq!(seal(Algorithm::ChaCha20, &k, &iv, &n, pt, ctx), hex(chacha));
             assert_eq!(open(Algorithm::Aes256, &k, &iv, &n, &hex(aes), ctx).unwrap().expose(), pt);
-            assert_eq!(open(Algorithm::ChaCha20, &k, &iv, &n, &hex(chacha), ctx).unwrap().expose(), pt);
+            assert_eq!(
+                open(Algorithm::ChaCha20, &k, &iv, &n, &hex(chacha), ctx).unwrap().expose(),
+                pt
+            );
         }
     }
 

@@ -186,6 +186,7 @@ mod tests {
     const K2: &str = "6f2a9c1b4e7d30a58c2b1f9e0d4a7c6b5e3f2a1908f7e6d5c4b3a29180706f5e";
 
     /// crypto.md §7.3-7.5: each case in all formats, both algorithms.
+    #[allow(clippy::type_complexity)] // a literal table of spec vectors
     fn spec_cases() -> Vec<(&'static str, Vec<u8>, Vec<u8>, Vec<Vec<u8>>)> {
         let a1 = br#"{"aead":"AES-256-GCM-HMAC-SHA-256","id":"630dcd2966c4336691125448bbb25b4f","iv":"oKGio6SlpqeoqaqrrK2urw==","nonce":"sLGys7S1tre4ubq7","bytes":"gyKSCDNX6+7Y1QPFxp3MwA=="}"#.to_vec();
         let a2 = br#"{"aead":"AES-256-GCM-HMAC-SHA-256","id":"630dcd2966c4336691125448bbb25b4f","iv":"oKGio6SlpqeoqaqrrK2urw==","nonce":"sLGys7S1tre4ubq7","bytes":"/H1RafmYIRvoiL2nvqOSOy8W9XD0JV7j6PaT"}"#.to_vec();
@@ -217,7 +218,12 @@ mod tests {
         for (k, pt, ctx, cts) in spec_cases() {
             let key = legacy_key(k);
             for ct in cts {
-                assert_eq!(key.decrypt(&ct, &ctx).unwrap().expose(), &pt[..], "{}", String::from_utf8_lossy(&ct));
+                assert_eq!(
+                    key.decrypt(&ct, &ctx).unwrap().expose(),
+                    &pt[..],
+                    "{}",
+                    String::from_utf8_lossy(&ct)
+                );
                 assert!(key.decrypt(&ct, b"wrong").is_err());
             }
         }
@@ -227,8 +233,14 @@ mod tests {
     fn json_encoding_is_byte_exact() {
         let iv: [u8; 16] = hex("a0a1a2a3a4a5a6a7a8a9aaabacadaeaf").try_into().unwrap();
         let nonce: [u8; 12] = hex("b0b1b2b3b4b5b6b7b8b9babb").try_into().unwrap();
-        let out = encode(CiphertextFormat::Json, Algorithm::Aes256, "630dcd2966c4336691125448bbb25b4f",
-                         &iv, &nonce, hex("fc7d5169f998211be888bda7bea3923b2f16f570f4255ee3e8f693"));
+        let out = encode(
+            CiphertextFormat::Json,
+            Algorithm::Aes256,
+            "630dcd2966c4336691125448bbb25b4f",
+            &iv,
+            &nonce,
+            hex("fc7d5169f998211be888bda7bea3923b2f16f570f4255ee3e8f693"),
+        );
         assert_eq!(out, spec_cases()[1].3[0]);
     }
 

@@ -78,15 +78,10 @@ fn decode_json(value: &[u8]) -> Result<SecretKey, MalformedKey> {
         "ChaCha20" | "XCHACHA20-POLY1305" => Some(Algorithm::ChaCha20),
         _ => return Err(MalformedKey),
     };
-    let created_at = obj
-        .get("created_at")
-        .and_then(|t| t.as_str())
-        .and_then(UnixTime::parse_rfc3339);
-    let created_by = obj
-        .get("created_by")
-        .and_then(|t| t.as_str())
-        .filter(|s| !s.is_empty())
-        .map(str::to_owned);
+    let created_at =
+        obj.get("created_at").and_then(|t| t.as_str()).and_then(UnixTime::parse_rfc3339);
+    let created_by =
+        obj.get("created_by").and_then(|t| t.as_str()).filter(|s| !s.is_empty()).map(str::to_owned);
     Ok(SecretKey::new(key, algorithm, None, created_at, created_by))
 }
 
@@ -166,7 +161,8 @@ impl<'a> Iterator for Fields<'a> {
             let value = match tag & 7 {
                 0 => Value::Varint(read_varint(&mut self.0)?),
                 2 => {
-                    let len = usize::try_from(read_varint(&mut self.0)?).map_err(|_| MalformedKey)?;
+                    let len =
+                        usize::try_from(read_varint(&mut self.0)?).map_err(|_| MalformedKey)?;
                     if self.0.len() < len {
                         return Err(MalformedKey);
                     }
@@ -259,7 +255,10 @@ mod tests {
             k.hmac(m).unwrap().iter().map(|b| format!("{b:02x}")).collect::<String>()
         };
         assert_eq!(h(&k1, b""), "f49240b78aa90e53f46106c3481e377e19696e777328b1cd6ec6061a0bd868a9");
-        assert_eq!(h(&k1, b"hello"), "1aec074502f2463912a191ca4d93c770524367c8afd40af8766cf0a96888bd8c");
+        assert_eq!(
+            h(&k1, b"hello"),
+            "1aec074502f2463912a191ca4d93c770524367c8afd40af8766cf0a96888bd8c"
+        );
         assert_eq!(
             h(&k2, b"The quick brown fox jumps over the lazy dog"),
             "64276c2c0079d3afd4069817629b9735e50beb12d03584b550f1a778a2a95c19"
@@ -274,7 +273,10 @@ mod tests {
         let k = decode(br#"{"version":"v1","bytes":"AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=","algorithm":"ChaCha20","created_at":"2023-05-02T10:11:12.123456789Z","created_by":"x"}"#).unwrap();
         assert_eq!(k.algorithm(), Some(Algorithm::ChaCha20));
         assert!(decode(br#"{"bytes":"AAEC"}"#).is_err());
-        assert!(decode(br#"{"bytes":"AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=","algorithm":"DES"}"#).is_err());
+        assert!(decode(
+            br#"{"bytes":"AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=","algorithm":"DES"}"#
+        )
+        .is_err());
     }
 
     proptest! {

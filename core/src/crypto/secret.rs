@@ -72,7 +72,14 @@ impl SecretKey {
         for b in &digest[..16] {
             key_id.push_str(&format!("{b:02x}"));
         }
-        Self { key, algorithm, hmac_key: hmac_key.map(Zeroizing::new), key_id, created_at, created_by }
+        Self {
+            key,
+            algorithm,
+            hmac_key: hmac_key.map(Zeroizing::new),
+            key_id,
+            created_at,
+            created_by,
+        }
     }
 
     /// A fresh random AES256 key with an HMAC key, as KES v0.24 creates them.
@@ -144,7 +151,8 @@ impl SecretKey {
             (None, Some(named)) => named,
             (None, None) => Algorithm::Aes256,
         };
-        let open = |alg| aead::open(alg, &self.key, &parsed.iv, &parsed.nonce, &parsed.sealed, context);
+        let open =
+            |alg| aead::open(alg, &self.key, &parsed.iv, &parsed.nonce, &parsed.sealed, context);
         match open(first) {
             Ok(p) => Ok(p),
             // A key without a fixed type may have been used with either

@@ -1,0 +1,206 @@
+//! The one task that owns the core: inputs arrive over a channel, outputs are
+//! executed (store commands), delivered (responses) or published (events).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use kes_core::{
+    Caller, Command, CommandId, Config, Request, RequestId, Response, Server, StoreError,
+    StoreReply,
+};
+use rand_core::OsRng;
+use smol::channel::{Receiver, Sender};
+
+use crate::clock;
+use crate::log::LogHub;
+use crate::store::KeyStore;
+
+/// An input for the core.
+pub enum Input {
+    /// A request and where its response goes.
+    Request {
+        /// Who is calling.
+        caller: Caller,
+        /// The request.
+        req: Request,
+        /// Receives the response.
+        reply: Sender<Response>,
+    },
+    /// The result of a store command.
+    Store(CommandId, Result<StoreReply, StoreError>),
+    /// A new configuration.
+    Reload(Box<Config>),
+    /// Stop the driver.
+    Stop,
+}
+
+/// How connection tasks reach the driver.
+#[derive(Clone)]
+pub struct DriverHandle {
+    tx: Sender<Input>,
+}
+
+impl DriverHandle {
+    /// Sends a request and waits for its response. None if the driver is gone.
+    pub async fn call(&self, caller: Caller, req: Request) -> Option<Response> {
+        let (reply, rx) = smol::channel::bounded(1);
+        self.tx.send(Input::Request { caller, req, reply }).await.ok()?;
+        rx.recv().await.ok()
+    }
+
+    /// Sends any input.
+    pub fn send(&self, input: Input) {
+        let _ = self.tx.try_send(input);
+    }
+}
+
+/// Runs the startup phase synchronously: declared keys are created before
+/// anything is served. Returns the failures, if any.
+pub fn run_startup(server: &mut Server, store: &dyn KeyStore, hub: &LogHub) -> Result<(), String> {
+    let mut rng = OsRng;
+    while server.starting() {
+        let Some((id, cmd)) = server.poll_command() else {
+            break;
+        };
+        let result = store.execute(cmd);
+        server.handle_store_result(id, result, clock::now(), &mut rng);
+        while let Some(e) = server.poll_event() {
+            hub.publish(&e);
+        }
+    }
+    match server.startup_failures() {
+        [] => Ok(()),
+        failures => Err(failures.join("; ")),
+    }
+}
+
+/// Spawns the driver task on `ex`.
+pub fn spawn(
+    ex: &smol::Executor<'static>,
+    server: Server,
+    store: Arc<dyn KeyStore>,
+    hub: Arc<LogHub>,
+) -> (DriverHandle, smol::Task<()>) {
+    let (tx, rx) = smol::channel::unbounded();
+    let handle = DriverHandle { tx: tx.clone() };
+    let task = ex.spawn(run(server, store, hub, rx, tx));
+    (handle, task)
+}
+
+enum Wake {
+    Input(Input),
+    Timer,
+    Closed,
+}
+
+async fn run(
+    mut server: Server,
+    store: Arc<dyn KeyStore>,
+    hub: Arc<LogHub>,
+    rx: Receiver<Input>,
+    tx: Sender<Input>,
+) {
+    let mut rng = OsRng;
+    let mut replies: HashMap<RequestId, Sender<Response>> = HashMap::new();
+    let mut next_id = 0u64;
+    let mut sys_at = Instant::now() - Duration::from_secs(60);
+    let mut timer = async_io::Timer::never();
+    let mut armed: Option<Instant> = None;
+    loop {
+        let deadline = server.poll_timeout().map(|(t, _)| t);
+        if deadline != armed {
+            timer = deadline.map_or_else(async_io::Timer::never, async_io::Timer::at);
+            armed = deadline;
+        }
+        let wake = smol::future::or(
+            async {
+                match rx.recv().await {
+                    Ok(i) => Wake::Input(i),
+                    Err(_) => Wake::Closed,
+                }
+            },
+            async {
+                (&mut timer).await;
+                Wake::Timer
+            },
+        )
+        .await;
+        let now = clock::now();
+        if now.instant.duration_since(sys_at) > Duration::from_secs(2) {
+            server.set_system_info(crate::sysinfo::read());
+            sys_at = now.instant;
+        }
+        server.set_audit_enabled(hub.wants_audit());
+        match wake {
+            Wake::Closed | Wake::Input(Input::Stop) => return,
+            Wake::Timer => {
+                armed = None;
+                server.handle_timeout(now);
+            }
+            Wake::Input(Input::Request { caller, req, reply }) => {
+                next_id += 1;
+                let id = RequestId(next_id);
+                replies.insert(id, reply);
+                server.handle_request(id, caller, req, now, &mut rng);
+            }
+            Wake::Input(Input::Store(id, result)) => {
+                server.handle_store_result(id, result, now, &mut rng)
+            }
+            Wake::Input(Input::Reload(config)) => server.reload(*config, now),
+        }
+        drain(&mut server, &store, &hub, &mut replies, &tx, &mut rng);
+    }
+}
+
+fn drain(
+    server: &mut Server,
+    store: &Arc<dyn KeyStore>,
+    hub: &LogHub,
+    replies: &mut HashMap<RequestId, Sender<Response>>,
+    tx: &Sender<Input>,
+    rng: &mut OsRng,
+) {
+    loop {
+        let mut progress = false;
+        while let Some((id, cmd)) = server.poll_command() {
+            progress = true;
+            execute(server, store, id, cmd, tx, rng);
+        }
+        while let Some((id, resp)) = server.poll_response() {
+            progress = true;
+            if let Some(reply) = replies.remove(&id) {
+                let _ = reply.try_send(resp);
+            }
+        }
+        while let Some(e) = server.poll_event() {
+            progress = true;
+            hub.publish(&e);
+        }
+        if !progress {
+            return;
+        }
+    }
+}
+
+fn execute(
+    server: &mut Server,
+    store: &Arc<dyn KeyStore>,
+    id: CommandId,
+    cmd: Command,
+    tx: &Sender<Input>,
+    rng: &mut OsRng,
+) {
+    if store.blocks() {
+        let store = store.clone();
+        let tx = tx.clone();
+        smol::spawn(async move {
+            let result = smol::unblock(move || store.execute(cmd)).await;
+            let _ = tx.send(Input::Store(id, result)).await;
+        })
+        .detach();
+    } else {
+        let result = store.execute(cmd);
+        server.handle_store_result(id, result, clock::now(), rng);
+    }
+}

@@ -1,0 +1,154 @@
+//! HTTP/1.1 framing: request heads in (httparse), response heads out.
+//! Pure functions over bytes, so they can be fuzzed without sockets.
+
+use std::fmt::Write as _;
+
+use http::Method;
+use kes_core::Response;
+
+/// Largest request head accepted.
+pub const MAX_HEAD: usize = 16 * 1024;
+/// Most headers accepted.
+const MAX_HEADERS: usize = 64;
+
+/// The parts of a request head the server uses.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Head {
+    /// Method.
+    pub method: Method,
+    /// Request target (path and query).
+    pub target: String,
+    /// Declared body length.
+    pub content_length: usize,
+    /// Whether the client asked to close after this request.
+    pub close: bool,
+}
+
+/// Why a head was refused; each maps to a status and closes the connection.
+#[derive(Debug, PartialEq, Eq)]
+pub enum HeadError {
+    /// Malformed request line or headers (400).
+    Malformed(&'static str),
+    /// Head larger than [`MAX_HEAD`] or too many headers (431).
+    TooLarge,
+    /// Chunked or otherwise unsupported body framing (411).
+    LengthRequired,
+}
+
+/// Parses a head at the start of `buf`. `Ok(None)`: incomplete, read more.
+pub fn parse_head(buf: &[u8]) -> Result<Option<(Head, usize)>, HeadError> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut headers);
+    let n = match req.parse(buf) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) => {
+            return if buf.len() > MAX_HEAD { Err(HeadError::TooLarge) } else { Ok(None) };
+        }
+        Err(httparse::Error::TooManyHeaders) => return Err(HeadError::TooLarge),
+        Err(_) => return Err(HeadError::Malformed("malformed request head")),
+    };
+    if n > MAX_HEAD {
+        return Err(HeadError::TooLarge);
+    }
+    let method = Method::from_bytes(req.method.unwrap_or("").as_bytes())
+        .map_err(|_| HeadError::Malformed("invalid method"))?;
+    let target = req.path.unwrap_or("").to_owned();
+    if !target.starts_with('/') {
+        return Err(HeadError::Malformed("request target must be a path"));
+    }
+    let http10 = req.version == Some(0);
+    let mut close = http10;
+    let mut content_length = None;
+    for h in req.headers.iter() {
+        if h.name.eq_ignore_ascii_case("content-length") {
+            let v = std::str::from_utf8(h.value).ok().and_then(|v| v.trim().parse::<usize>().ok());
+            match (content_length, v) {
+                (_, None) => return Err(HeadError::Malformed("invalid Content-Length")),
+                (Some(a), Some(b)) if a != b => {
+                    return Err(HeadError::Malformed("conflicting Content-Length"))
+                }
+                (_, Some(b)) => content_length = Some(b),
+            }
+        } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
+            return Err(HeadError::LengthRequired);
+        } else if h.name.eq_ignore_ascii_case("connection") {
+            let v = String::from_utf8_lossy(h.value).to_ascii_lowercase();
+            if v.contains("close") {
+                close = true;
+            } else if v.contains("keep-alive") {
+                close = false;
+            }
+        }
+    }
+    Ok(Some((Head { method, target, content_length: content_length.unwrap_or(0), close }, n)))
+}
+
+/// The head of a complete response.
+pub fn response_head(resp: &Response, close: bool) -> String {
+    let mut s = String::with_capacity(160);
+    let _ = write!(
+        s,
+        "HTTP/1.1 {} {}\r\n",
+        resp.status.as_u16(),
+        resp.status.canonical_reason().unwrap_or("")
+    );
+    for (k, v) in &resp.headers {
+        let _ = write!(s, "{k}: {v}\r\n");
+    }
+    if resp.stream.is_some() {
+        s.push_str("Transfer-Encoding: chunked\r\n");
+    } else {
+        let _ = write!(s, "Content-Length: {}\r\n", resp.body.len());
+    }
+    if close {
+        s.push_str("Connection: close\r\n");
+    }
+    s.push_str("\r\n");
+    s
+}
+
+/// A simple error response for framing failures (before the core sees anything).
+pub fn framing_error(e: &HeadError) -> Response {
+    use http::StatusCode as S;
+    match e {
+        HeadError::Malformed(m) => Response::error(S::BAD_REQUEST, m),
+        HeadError::TooLarge => {
+            Response::error(S::REQUEST_HEADER_FIELDS_TOO_LARGE, "request header too large")
+        }
+        HeadError::LengthRequired => {
+            Response::error(S::LENGTH_REQUIRED, "request body must have a Content-Length")
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_and_detects_pipelining() {
+        let buf = b"PUT /v1/key/generate/k HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n{}GET /v1/status HTTP/1.1\r\n\r\n";
+        let (h, n) = parse_head(buf).unwrap().unwrap();
+        assert_eq!(h.method, Method::PUT);
+        assert_eq!(h.content_length, 2);
+        assert!(!h.close);
+        let (h2, _) = parse_head(&buf[n + 2..]).unwrap().unwrap();
+        assert_eq!(h2.target, "/v1/status");
+    }
+
+    #[test]
+    fn refuses_bad_heads() {
+        assert_eq!(
+            parse_head(b"GET / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n").unwrap_err(),
+            HeadError::LengthRequired
+        );
+        assert!(matches!(
+            parse_head(b"GET / HTTP/1.1\r\nContent-Length: x\r\n\r\n"),
+            Err(HeadError::Malformed(_))
+        ));
+        assert!(parse_head(b"GET / HTTP/1.1\r\nHost").unwrap().is_none());
+        let big = format!("GET / HTTP/1.1\r\nX: {}\r\n", "a".repeat(MAX_HEAD));
+        assert_eq!(parse_head(big.as_bytes()).unwrap_err(), HeadError::TooLarge);
+        assert!(parse_head(b"GET / HTTP/1.0\r\n\r\n").unwrap().unwrap().0.close);
+    }
+}

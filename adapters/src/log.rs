@@ -1,0 +1,87 @@
+//! Where events go: stdout (audit), stderr (errors), and `/v1/log/*` streams.
+//!
+//! Streams never slow the server: each subscriber has a bounded queue and
+//! events it cannot take are dropped for that subscriber alone.
+
+use std::io::Write;
+use std::sync::{Arc, Mutex};
+
+use kes_core::Event;
+
+/// Events a subscriber may fall behind before it skips some.
+const QUEUE: usize = 1024;
+
+/// Which stream.
+pub use kes_core::api::wire::LogStream;
+
+/// Fans events out to the process's streams and to subscribers.
+pub struct LogHub {
+    audit_stdout: bool,
+    error_stderr: bool,
+    audit_subs: Mutex<Vec<smol::channel::Sender<Arc<str>>>>,
+    error_subs: Mutex<Vec<smol::channel::Sender<Arc<str>>>>,
+}
+
+impl LogHub {
+    /// A hub writing audit events to stdout and errors to stderr as configured.
+    pub fn new(audit_stdout: bool, error_stderr: bool) -> Self {
+        Self {
+            audit_stdout,
+            error_stderr,
+            audit_subs: Mutex::new(Vec::new()),
+            error_subs: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Whether anybody wants audit events right now.
+    pub fn wants_audit(&self) -> bool {
+        self.audit_stdout || !lock(&self.audit_subs).is_empty()
+    }
+
+    /// Subscribes to a stream; the receiver yields one JSON line per event.
+    pub fn subscribe(&self, which: LogStream) -> smol::channel::Receiver<Arc<str>> {
+        let (tx, rx) = smol::channel::bounded(QUEUE);
+        match which {
+            LogStream::Audit => lock(&self.audit_subs).push(tx),
+            LogStream::Error => lock(&self.error_subs).push(tx),
+        }
+        rx
+    }
+
+    /// Writes one event everywhere it belongs.
+    pub fn publish(&self, event: &Event) {
+        let (line, to_std, subs) = match event {
+            Event::Audit(a) => (a.to_json(), self.audit_stdout, &self.audit_subs),
+            Event::Error(e) => (e.to_json(), self.error_stderr, &self.error_subs),
+        };
+        if to_std {
+            let res = match event {
+                Event::Audit(_) => writeln!(std::io::stdout().lock(), "{line}"),
+                Event::Error(_) => writeln!(std::io::stderr().lock(), "{line}"),
+            };
+            let _ = res; // a closed stdout must not take the server down
+        }
+        let mut subs = lock(subs);
+        if subs.is_empty() {
+            return;
+        }
+        let line: Arc<str> = Arc::from(line);
+        subs.retain(|s| match s.try_send(line.clone()) {
+            Ok(()) | Err(smol::channel::TrySendError::Full(_)) => true,
+            Err(smol::channel::TrySendError::Closed(_)) => false,
+        });
+    }
+
+    /// Writes an operational message (not a request event) to stderr and
+    /// error subscribers.
+    pub fn error(&self, message: &str) {
+        self.publish(&Event::Error(kes_core::event::ErrorEvent {
+            time: crate::clock::now().unix,
+            message: message.to_owned(),
+        }));
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}

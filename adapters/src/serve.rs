@@ -1,0 +1,303 @@
+//! Listening, TLS handshakes and the per-connection HTTP loop.
+
+use std::future::Future;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use async_io::{Async, Timer};
+use futures_rustls::server::TlsStream;
+use futures_rustls::TlsAcceptor;
+use kes_core::{Caller, Config, Request, RouteTable, Server};
+use rand_core::OsRng;
+use smol::io::{AsyncReadExt, AsyncWriteExt};
+use smol::Executor;
+
+use crate::driver::{self, DriverHandle, Input};
+use crate::http::{self, HeadError};
+use crate::log::LogHub;
+use crate::store::KeyStore;
+use crate::{clock, tls};
+
+/// A new connection must complete its TLS handshake and first request head
+/// within this; any later head must complete within this of its first byte.
+pub const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
+/// A keep-alive connection with no request for this long is closed.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+/// Body read limit for routes without a timeout of their own.
+const BODY_TIMEOUT: Duration = Duration::from_secs(15);
+/// Bodies on routes that take none are drained up to this size, else refused.
+const IGNORED_BODY: usize = 4096;
+
+/// Everything needed to run a server.
+pub struct ServerOptions {
+    /// The validated config.
+    pub config: Config,
+    /// Where to listen (port 0 picks a free port).
+    pub addr: SocketAddr,
+    /// TLS configuration.
+    pub tls: Arc<rustls::ServerConfig>,
+    /// The key store.
+    pub store: Arc<dyn KeyStore>,
+    /// Executor threads.
+    pub threads: usize,
+}
+
+/// A running server; dropping it does not stop it, [`RunningServer::stop`] does.
+pub struct RunningServer {
+    addr: SocketAddr,
+    stop: smol::channel::Sender<()>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+    driver: DriverHandle,
+    routes: Arc<RwLock<RouteTable>>,
+    hub: Arc<LogHub>,
+}
+
+impl RunningServer {
+    /// The bound address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Applies a new config (policies, admin, route overrides).
+    pub fn reload(&self, config: Config) {
+        *self.routes.write().unwrap_or_else(|p| p.into_inner()) = RouteTable::from_config(&config);
+        self.driver.send(Input::Reload(Box::new(config)));
+    }
+
+    /// The log hub (to subscribe in-process).
+    pub fn logs(&self) -> &Arc<LogHub> {
+        &self.hub
+    }
+
+    /// Stops accepting, drops all connections and waits for the threads.
+    pub fn stop(self) {
+        self.driver.send(Input::Stop);
+        self.stop.close();
+        for t in self.threads {
+            let _ = t.join();
+        }
+    }
+
+    /// Blocks until the server stops (it stops only via [`Self::stop`] from
+    /// another handle, or process exit).
+    pub fn wait(self) {
+        for t in self.threads {
+            let _ = t.join();
+        }
+    }
+}
+
+struct Shared {
+    acceptor: TlsAcceptor,
+    driver: DriverHandle,
+    routes: Arc<RwLock<RouteTable>>,
+    hub: Arc<LogHub>,
+}
+
+/// Creates declared keys, binds, and starts serving on background threads.
+pub fn start(opts: ServerOptions) -> Result<RunningServer, String> {
+    let hub = Arc::new(LogHub::new(opts.config.log.audit, opts.config.log.error));
+    let routes = Arc::new(RwLock::new(RouteTable::from_config(&opts.config)));
+    let mut server = Server::new(opts.config, clock::now(), &mut OsRng);
+    driver::run_startup(&mut server, opts.store.as_ref(), &hub)?;
+    let listener = Async::<TcpListener>::bind(opts.addr)
+        .map_err(|e| format!("cannot listen on {}: {e}", opts.addr))?;
+    let addr = listener.get_ref().local_addr().map_err(|e| e.to_string())?;
+    let ex: Arc<Executor<'static>> = Arc::new(Executor::new());
+    let (driver, driver_task) = driver::spawn(&ex, server, opts.store, hub.clone());
+    driver_task.detach();
+    let shared = Arc::new(Shared {
+        acceptor: TlsAcceptor::from(opts.tls),
+        driver: driver.clone(),
+        routes: routes.clone(),
+        hub: hub.clone(),
+    });
+    ex.spawn(accept_loop(listener, ex.clone(), shared)).detach();
+    let (stop, stop_rx) = smol::channel::bounded::<()>(1);
+    let threads = (0..opts.threads.max(1))
+        .map(|i| {
+            let ex = ex.clone();
+            let stop_rx = stop_rx.clone();
+            std::thread::Builder::new()
+                .name(format!("kes-{i}"))
+                .spawn(move || {
+                    let _ = smol::block_on(ex.run(stop_rx.recv()));
+                })
+                .map_err(|e| e.to_string())
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(RunningServer { addr, stop, threads, driver, routes, hub })
+}
+
+async fn accept_loop(
+    listener: Async<TcpListener>,
+    ex: Arc<Executor<'static>>,
+    shared: Arc<Shared>,
+) {
+    loop {
+        let (tcp, peer) = match listener.accept().await {
+            Ok(c) => c,
+            Err(e) => {
+                shared.hub.error(&format!("http: accept failed: {e}"));
+                Timer::after(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = tcp.get_ref().set_nodelay(true);
+        let shared = shared.clone();
+        ex.spawn(async move { connection(tcp, peer, shared).await }).detach();
+    }
+}
+
+async fn deadline<T>(at: Instant, fut: impl Future<Output = T>) -> Option<T> {
+    smol::future::or(async { Some(fut.await) }, async {
+        Timer::at(at).await;
+        None
+    })
+    .await
+}
+
+type Stream = TlsStream<Async<TcpStream>>;
+
+async fn connection(tcp: Async<TcpStream>, peer: SocketAddr, shared: Arc<Shared>) {
+    let start = Instant::now();
+    let mut stream = match deadline(start + HEADER_TIMEOUT, shared.acceptor.accept(tcp)).await {
+        Some(Ok(s)) => s,
+        Some(Err(e)) => {
+            shared.hub.error(&format!("http: TLS handshake error from {peer}: {e}"));
+            return;
+        }
+        None => return,
+    };
+    let caller = tls::caller_of(stream.get_ref().1.peer_certificates());
+    let mut buf: Vec<u8> = Vec::with_capacity(4096);
+    let mut first = true;
+    loop {
+        let head_deadline =
+            if first { start + HEADER_TIMEOUT } else { Instant::now() + IDLE_TIMEOUT };
+        first = false;
+        let head = match read_head(&mut stream, &mut buf, head_deadline).await {
+            Ok(Some(h)) => h,
+            Ok(None) => return,
+            Err(e) => {
+                let resp = http::framing_error(&e);
+                let _ = write_response(&mut stream, resp, true).await;
+                return;
+            }
+        };
+        if !serve_one(&mut stream, &mut buf, head, caller, peer, &shared).await {
+            return;
+        }
+    }
+}
+
+/// Reads one request head. `Ok(None)`: the client closed or timed out.
+async fn read_head(
+    stream: &mut Stream,
+    buf: &mut Vec<u8>,
+    idle_deadline: Instant,
+) -> Result<Option<http::Head>, HeadError> {
+    let mut until = if buf.is_empty() { idle_deadline } else { Instant::now() + HEADER_TIMEOUT };
+    loop {
+        if !buf.is_empty() {
+            if let Some((head, n)) = http::parse_head(buf)? {
+                buf.drain(..n);
+                return Ok(Some(head));
+            }
+        }
+        let was_empty = buf.is_empty();
+        match deadline(until, read_some(stream, buf)).await {
+            Some(Ok(0)) | Some(Err(_)) | None => return Ok(None),
+            Some(Ok(_)) => {
+                if was_empty {
+                    until = until.min(Instant::now() + HEADER_TIMEOUT);
+                }
+            }
+        }
+    }
+}
+
+async fn read_some(stream: &mut Stream, buf: &mut Vec<u8>) -> std::io::Result<usize> {
+    let mut chunk = [0u8; 16 * 1024];
+    let n = stream.read(&mut chunk).await?;
+    buf.extend_from_slice(&chunk[..n]);
+    Ok(n)
+}
+
+/// Serves one request; false means close the connection.
+async fn serve_one(
+    stream: &mut Stream,
+    buf: &mut Vec<u8>,
+    head: http::Head,
+    caller: Caller,
+    peer: SocketAddr,
+    shared: &Shared,
+) -> bool {
+    let limits = shared
+        .routes
+        .read()
+        .unwrap_or_else(|p| p.into_inner())
+        .limits(head.target.split('?').next().unwrap_or(""));
+    let max_body = match limits {
+        Some(l) if l.max_body > 0 => l.max_body,
+        _ => IGNORED_BODY,
+    };
+    let too_large = head.content_length > max_body;
+    let mut body = Vec::new();
+    if !too_large && head.content_length > 0 {
+        let timeout = limits.map(|l| l.timeout).filter(|t| !t.is_zero()).unwrap_or(BODY_TIMEOUT);
+        let until = Instant::now() + timeout;
+        while buf.len() < head.content_length {
+            match deadline(until, read_some(stream, buf)).await {
+                Some(Ok(n)) if n > 0 => {}
+                _ => return false,
+            }
+        }
+        body = buf.drain(..head.content_length).collect();
+        if limits.is_some_and(|l| l.max_body == 0) {
+            body.clear(); // routes without a body ignore it
+        }
+    }
+    let mut req = Request::new(head.method, &head.target).with_body(body);
+    req.body_too_large = too_large;
+    req.peer = Some(peer.ip());
+    let Some(resp) = shared.driver.call(caller, req).await else {
+        return false;
+    };
+    let close = head.close || too_large;
+    if let Some(which) = resp.stream {
+        let events = shared.hub.subscribe(which);
+        if write_response(stream, resp, false).await.is_err() {
+            return false;
+        }
+        while let Ok(line) = events.recv().await {
+            let chunk = format!("{:x}\r\n{line}\n\r\n", line.len() + 1);
+            if stream.write_all(chunk.as_bytes()).await.is_err() || stream.flush().await.is_err() {
+                return false;
+            }
+        }
+        return false;
+    }
+    write_response(stream, resp, close).await.is_ok() && !close
+}
+
+async fn write_response(
+    stream: &mut Stream,
+    mut resp: kes_core::Response,
+    close: bool,
+) -> std::io::Result<()> {
+    let head = http::response_head(&resp, close);
+    let mut out = Vec::with_capacity(head.len() + resp.body.len());
+    out.extend_from_slice(head.as_bytes());
+    out.extend_from_slice(&resp.body);
+    let r = async {
+        stream.write_all(&out).await?;
+        stream.flush().await
+    }
+    .await;
+    // Bodies may carry data keys or plaintexts: wipe both copies.
+    zeroize::Zeroize::zeroize(&mut out);
+    zeroize::Zeroize::zeroize(&mut resp.body);
+    r
+}

@@ -1,0 +1,218 @@
+//! `kes server`: load the config, merge flags, start serving.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use argh::FromArgs;
+use kes_adapters::store::{FsStore, KeyStore, MemStore};
+use kes_adapters::tls::{self, ClientAuth};
+use kes_adapters::{start, ServerOptions};
+use kes_core::config::{AdminSetting, KeystoreConfig};
+use kes_core::{Config, Identity};
+
+/// Start a KES server.
+#[derive(FromArgs)]
+#[argh(subcommand, name = "server")]
+pub struct ServerCmd {
+    /// path to the YAML config file
+    #[argh(option)]
+    config: Option<String>,
+    /// listen address ip:port (default 0.0.0.0:7373; overrides `address`)
+    #[argh(option)]
+    addr: Option<String>,
+    /// TLS certificate file (overrides tls.cert)
+    #[argh(option)]
+    cert: Option<String>,
+    /// TLS private key file (overrides tls.key)
+    #[argh(option)]
+    key: Option<String>,
+    /// admin ("root") identity (overrides admin.identity / root)
+    #[argh(option)]
+    root: Option<String>,
+    /// verify client certificates: on or off (overrides tls.auth; default off)
+    #[argh(option)]
+    auth: Option<String>,
+    /// development mode: 127.0.0.1:7373, in-memory keys, fresh certificates
+    #[argh(switch)]
+    dev: bool,
+}
+
+pub fn run(cmd: ServerCmd) -> Result<(), String> {
+    if cmd.dev {
+        if cmd.config.is_some() {
+            return Err("'--config' is not supported in development mode".into());
+        }
+        return run_dev(cmd.addr.as_deref().unwrap_or("127.0.0.1:7373"));
+    }
+    let mut config = match &cmd.config {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| format!("cannot read config file '{path}': {e}"))?;
+            Config::parse(&text, &|name| std::env::var(name).ok())
+                .map_err(|e| format!("{path}: {e}"))?
+        }
+        None => Config::empty(),
+    };
+    if let Some(root) = &cmd.root {
+        config.admin = AdminSetting::from_text(root);
+    }
+    if let Some(c) = cmd.cert {
+        config.tls.cert = Some(c);
+    }
+    if let Some(k) = cmd.key {
+        config.tls.key = Some(k);
+    }
+    if let Some(a) = &cmd.auth {
+        config.tls.auth = Some(match a.to_ascii_lowercase().as_str() {
+            "on" => true,
+            "off" => false,
+            _ => return Err(format!("--auth: invalid value '{a}': use on or off")),
+        });
+    }
+    for w in &config.warnings {
+        eprintln!("kes: warning: {w}");
+    }
+    if config.admin == AdminSetting::Unset {
+        return Err(
+            "no admin identity specified: set admin.identity in the config or use --root".into()
+        );
+    }
+    let addr_text =
+        cmd.addr.or_else(|| config.address.clone()).unwrap_or_else(|| "0.0.0.0:7373".into());
+    let addr = parse_addr(&addr_text)?;
+    let cert = config
+        .tls
+        .cert
+        .clone()
+        .ok_or("no TLS certificate specified: set tls.cert or use --cert")?;
+    let key =
+        config.tls.key.clone().ok_or("no TLS private key specified: set tls.key or use --key")?;
+    let auth =
+        ClientAuth { verify: config.tls.auth.unwrap_or(false), required: !config.any_skip_auth() };
+    let tls_config = tls::server_config(
+        Path::new(&cert),
+        Path::new(&key),
+        config.tls.password.as_deref(),
+        auth,
+        config.tls.ca.as_deref().map(Path::new),
+    )?;
+    let (store, store_label): (Arc<dyn KeyStore>, String) = match &config.keystore {
+        KeystoreConfig::Memory => {
+            (Arc::new(MemStore::default()), "in-memory (keys are lost on exit)".into())
+        }
+        KeystoreConfig::Fs { path } => {
+            let s = FsStore::open(path).map_err(|e| format!("keystore.fs.path '{path}': {e}"))?;
+            (Arc::new(s), format!("filesystem {path}"))
+        }
+    };
+    let admin = match &config.admin {
+        AdminSetting::Identity(id) => id.to_string(),
+        AdminSetting::Disabled(_) | AdminSetting::Unset => "disabled".into(),
+    };
+    let running =
+        start(ServerOptions { config, addr, tls: tls_config, store, threads: threads() })?;
+    eprintln!("kes: listening on https://{}", running.addr());
+    eprintln!("kes: admin identity: {admin}");
+    eprintln!("kes: key store: {store_label}");
+    running.wait();
+    Ok(())
+}
+
+fn threads() -> usize {
+    std::thread::available_parallelism().map_or(2, |n| n.get())
+}
+
+fn parse_addr(s: &str) -> Result<SocketAddr, String> {
+    let full = if s.starts_with(':') { format!("0.0.0.0{s}") } else { s.to_owned() };
+    full.parse().map_err(|_| format!("invalid listen address '{s}': use ip:port"))
+}
+
+/// `--dev`: a throwaway server with fresh certificates and an admin client
+/// certificate, everything written to a private temp directory.
+fn run_dev(addr: &str) -> Result<(), String> {
+    let addr = parse_addr(addr)?;
+    let dir = std::env::temp_dir().join(format!("kes-dev-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let mut sans = vec!["localhost".to_owned(), "127.0.0.1".to_owned()];
+    if !addr.ip().is_unspecified() && !sans.contains(&addr.ip().to_string()) {
+        sans.push(addr.ip().to_string());
+    }
+    let server_key =
+        rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).map_err(|e| e.to_string())?;
+    let mut params = rcgen::CertificateParams::new(sans).map_err(|e| e.to_string())?;
+    params.distinguished_name.push(rcgen::DnType::CommonName, "localhost");
+    params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
+    let server_cert = params.self_signed(&server_key).map_err(|e| e.to_string())?;
+    let admin_key =
+        rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).map_err(|e| e.to_string())?;
+    let mut params =
+        rcgen::CertificateParams::new(Vec::<String>::new()).map_err(|e| e.to_string())?;
+    params.distinguished_name.push(rcgen::DnType::CommonName, "kes-dev-admin");
+    params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+    let admin_cert = params.self_signed(&admin_key).map_err(|e| e.to_string())?;
+    let admin = Identity::from_certificate(admin_cert.der()).map_err(|e| e.to_string())?;
+    let write = |name: &str, text: &str| -> Result<PathBuf, String> {
+        let p = dir.join(name);
+        write_private(&p, text).map_err(|e| format!("{}: {e}", p.display()))?;
+        Ok(p)
+    };
+    let server_cert_path = write("server.cert", &server_cert.pem())?;
+    let server_key_path = write("server.key", &server_key.serialize_pem())?;
+    let admin_cert_path = write("admin.cert", &admin_cert.pem())?;
+    let admin_key_path = write("admin.key", &admin_key.serialize_pem())?;
+    let mut config = Config::empty();
+    config.admin = AdminSetting::Identity(admin);
+    config.log.audit = true;
+    let tls_config = tls::server_config(
+        &server_cert_path,
+        &server_key_path,
+        None,
+        ClientAuth { verify: false, required: true },
+        None,
+    )?;
+    let running = start(ServerOptions {
+        config,
+        addr,
+        tls: tls_config,
+        store: Arc::new(MemStore::default()),
+        threads: threads(),
+    })?;
+    let host =
+        if addr.ip().is_unspecified() { "127.0.0.1".to_owned() } else { addr.ip().to_string() };
+    let url = format!("https://{host}:{}", running.addr().port());
+    eprintln!("kes: development server listening on {url}");
+    eprintln!(
+        "kes: keys live in memory and are lost on exit; certificates are in {}",
+        dir.display()
+    );
+    eprintln!("kes: admin identity: {admin}");
+    eprintln!();
+    eprintln!("Paste into a client shell:");
+    eprintln!("  export KES_SERVER={url}");
+    eprintln!("  export KES_CLIENT_CERT={}", admin_cert_path.display());
+    eprintln!("  export KES_CLIENT_KEY={}", admin_key_path.display());
+    eprintln!();
+    eprintln!("Or try it with curl:");
+    eprintln!(
+        "  curl --cacert {} --cert {} --key {} {url}/v1/status",
+        server_cert_path.display(),
+        admin_cert_path.display(),
+        admin_key_path.display()
+    );
+    running.wait();
+    Ok(())
+}
+
+fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?;
+    f.write_all(text.as_bytes())?;
+    f.sync_all()
+}
