@@ -113,7 +113,7 @@ pub fn start(opts: ServerOptions) -> Result<RunningServer, String> {
         routes: routes.clone(),
         hub: hub.clone(),
     });
-    ex.spawn(accept_loop(listener, ex.clone(), shared)).detach();
+    ex.spawn(accept_loop(listener, Arc::downgrade(&ex), shared)).detach();
     let (stop, stop_rx) = smol::channel::bounded::<()>(1);
     let threads = (0..opts.threads.max(1))
         .map(|i| {
@@ -130,9 +130,11 @@ pub fn start(opts: ServerOptions) -> Result<RunningServer, String> {
     Ok(RunningServer { addr, stop, threads, driver, routes, hub })
 }
 
+/// Holds the executor weakly: tasks must not keep their own executor alive, or
+/// stopping the server would leak the listener and every connection.
 async fn accept_loop(
     listener: Async<TcpListener>,
-    ex: Arc<Executor<'static>>,
+    ex: std::sync::Weak<Executor<'static>>,
     shared: Arc<Shared>,
 ) {
     loop {
@@ -145,6 +147,7 @@ async fn accept_loop(
             }
         };
         let _ = tcp.get_ref().set_nodelay(true);
+        let Some(ex) = ex.upgrade() else { return };
         let shared = shared.clone();
         ex.spawn(async move { connection(tcp, peer, shared).await }).detach();
     }

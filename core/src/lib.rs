@@ -38,6 +38,7 @@ pub mod metrics;
 pub mod name;
 pub mod policy;
 pub mod server;
+#[cfg(any(test, feature = "testing"))]
 pub mod testing;
 pub mod time;
 

@@ -55,8 +55,7 @@ impl RouteTable {
     /// The limits for a request path (percent-encoded), before its body is
     /// read. `None`: not a route (answered 404/301 without reading a body).
     pub fn limits(&self, path: &str) -> Option<RouteLimits> {
-        let decoded = percent_decode(path)?;
-        match route::find(&decoded) {
+        match route::find(path) {
             RouteMatch::Found(i, _) => {
                 let timeout = self.timeouts.get(i).copied().unwrap_or(ROUTES[i].timeout);
                 Some(RouteLimits { max_body: ROUTES[i].max_body, timeout })
@@ -424,8 +423,9 @@ impl Server {
         now: Now,
         rng: &mut dyn CryptoRngCore,
     ) -> Result<(), ApiError> {
-        let path = percent_decode(&req.path).ok_or(ApiError::BadPath)?;
-        let (index, resource) = match route::find(&path) {
+        // Route on the raw path, then decode: an encoded `/` or `..` inside a
+        // resource must fail name validation, never change the route.
+        let (index, raw_resource) = match route::find(&req.path) {
             RouteMatch::Found(i, rest) => (i, rest.to_owned()),
             RouteMatch::Redirect(to) => {
                 let location = match &req.query {
@@ -448,6 +448,8 @@ impl Server {
                 return Ok(());
             }
         };
+        let path = percent_decode(&req.path).ok_or(ApiError::BadPath)?;
+        let resource = percent_decode(&raw_resource).ok_or(ApiError::BadPath)?;
         let route = &ROUTES[index];
         if !route.accepts(&req.method) {
             return Err(ApiError::MethodNotAllowed {

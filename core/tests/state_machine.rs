@@ -1,0 +1,412 @@
+//! The core driven as a state machine: a model test against a plain map,
+//! the spec vectors, cache behaviour under a simulated clock, and API shapes.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine;
+use http::{Method, StatusCode};
+use kes_core::config::{AdminSetting, CacheConfig, Config};
+use kes_core::crypto::SecretBytes;
+use kes_core::testing::Harness;
+use kes_core::{Caller, Identity, Now, Request, Response, UnixTime};
+use proptest::prelude::*;
+use serde_json::{json, Value};
+
+fn admin() -> Identity {
+    Identity::from_spki_der(b"admin")
+}
+
+fn start(mut config: Config) -> Harness {
+    config.admin = AdminSetting::Identity(admin());
+    let now = Now { instant: Instant::now(), unix: UnixTime::from_parts(1_700_000_000, 0) };
+    Harness::new(config, now, 7)
+}
+
+fn call(h: &mut Harness, method: Method, path: &str, body: Value) -> Response {
+    let body = if body.is_null() { Vec::new() } else { body.to_string().into_bytes() };
+    h.request(Caller::Identified(admin()), Request::new(method, path).with_body(body))
+}
+
+fn json_of(r: &Response) -> Value {
+    serde_json::from_slice(&r.body).unwrap_or(Value::Null)
+}
+
+fn b64(b: &[u8]) -> String {
+    STANDARD.encode(b)
+}
+
+#[derive(Clone, Debug)]
+enum Op {
+    Create(u8),
+    Import(u8, [u8; 32]),
+    Delete(u8),
+    List,
+    Generate(u8, Option<u8>),
+    Decrypt(usize, Option<u8>),
+    Advance(u16),
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    let key = 0u8..4;
+    let ctx = proptest::option::of(0u8..3);
+    prop_oneof![
+        key.clone().prop_map(Op::Create),
+        (key.clone(), any::<[u8; 32]>()).prop_map(|(k, b)| Op::Import(k, b)),
+        key.clone().prop_map(Op::Delete),
+        Just(Op::List),
+        (key, ctx.clone()).prop_map(|(k, c)| Op::Generate(k, c)),
+        (any::<usize>(), ctx).prop_map(|(i, c)| Op::Decrypt(i, c)),
+        (0u16..400).prop_map(Op::Advance),
+    ]
+}
+
+fn ctx_bytes(c: Option<u8>) -> Option<Vec<u8>> {
+    c.map(|c| vec![b'c', c])
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    /// Random request sequences against a BTreeMap model: same statuses, and
+    /// every data key decrypts exactly while its key (incarnation) lives.
+    #[test]
+    fn model(ops in proptest::collection::vec(op(), 1..40), raw in any::<bool>()) {
+        let mut config = Config::empty();
+        config.cache = CacheConfig { any: Duration::from_secs(60), unused: Duration::from_secs(20), offline: Duration::ZERO };
+        if raw {
+            config.compat.ciphertext = kes_core::crypto::CiphertextFormat::Raw;
+        }
+        let mut h = start(config);
+        // name -> incarnation
+        let mut model: BTreeMap<String, u32> = BTreeMap::new();
+        let mut incarnations = 0u32;
+        // (name, incarnation, plaintext, ciphertext, context)
+        let mut deks: Vec<(String, u32, Vec<u8>, String, Option<Vec<u8>>)> = Vec::new();
+        for op in ops {
+            match op {
+                Op::Create(k) | Op::Import(k, _) => {
+                    let name = format!("key-{k}");
+                    let r = match &op {
+                        Op::Import(_, bytes) => call(&mut h, Method::PUT, &format!("/v1/key/import/{name}"), json!({"key": b64(bytes), "cipher": "AES256"})),
+                        _ => call(&mut h, Method::POST, &format!("/v1/key/create/{name}"), Value::Null),
+                    };
+                    if model.contains_key(&name) {
+                        prop_assert_eq!(r.status, StatusCode::BAD_REQUEST);
+                        prop_assert_eq!(&json_of(&r)["message"], &json!("key already exists"));
+                    } else {
+                        prop_assert_eq!(r.status, StatusCode::OK);
+                        incarnations += 1;
+                        model.insert(name, incarnations);
+                    }
+                }
+                Op::Delete(k) => {
+                    let name = format!("key-{k}");
+                    let r = call(&mut h, Method::DELETE, &format!("/v1/key/delete/{name}"), Value::Null);
+                    let want = if model.remove(&name).is_some() { StatusCode::OK } else { StatusCode::NOT_FOUND };
+                    prop_assert_eq!(r.status, want);
+                }
+                Op::List => {
+                    let r = call(&mut h, Method::GET, "/v1/key/list/", Value::Null);
+                    prop_assert_eq!(r.status, StatusCode::OK);
+                    let names: Vec<String> = String::from_utf8(r.body.clone()).unwrap().lines()
+                        .map(|l| serde_json::from_str::<Value>(l).unwrap()["name"].as_str().unwrap().to_owned())
+                        .collect();
+                    prop_assert_eq!(names, model.keys().cloned().collect::<Vec<_>>());
+                }
+                Op::Generate(k, c) => {
+                    let name = format!("key-{k}");
+                    let ctx = ctx_bytes(c);
+                    let body = match &ctx { Some(c) => json!({"context": b64(c)}), None => json!({}) };
+                    let r = call(&mut h, Method::PUT, &format!("/v1/key/generate/{name}"), body);
+                    match model.get(&name) {
+                        Some(inc) => {
+                            prop_assert_eq!(r.status, StatusCode::OK);
+                            let v = json_of(&r);
+                            let pt = STANDARD.decode(v["plaintext"].as_str().unwrap()).unwrap();
+                            prop_assert_eq!(pt.len(), 32);
+                            deks.push((name, *inc, pt, v["ciphertext"].as_str().unwrap().to_owned(), ctx));
+                        }
+                        None => prop_assert_eq!(r.status, StatusCode::NOT_FOUND),
+                    }
+                }
+                Op::Decrypt(i, c) => {
+                    if deks.is_empty() { continue; }
+                    let (name, inc, pt, ct, ctx) = deks[i % deks.len()].clone();
+                    let use_ctx = ctx_bytes(c);
+                    let mut body = json!({"ciphertext": ct});
+                    if let Some(c) = &use_ctx { body["context"] = b64(c).into(); }
+                    let r = call(&mut h, Method::PUT, &format!("/v1/key/decrypt/{name}"), body);
+                    match model.get(&name) {
+                        None => prop_assert_eq!(r.status, StatusCode::NOT_FOUND),
+                        Some(cur) if *cur == inc && use_ctx.clone().unwrap_or_default() == ctx.clone().unwrap_or_default() => {
+                            prop_assert_eq!(r.status, StatusCode::OK);
+                            let got = STANDARD.decode(json_of(&r)["plaintext"].as_str().unwrap()).unwrap();
+                            prop_assert_eq!(got, pt);
+                        }
+                        Some(_) => {
+                            prop_assert_eq!(r.status, StatusCode::BAD_REQUEST);
+                            prop_assert_eq!(&json_of(&r)["message"], &json!("decryption failed: ciphertext is not authentic"));
+                        }
+                    }
+                }
+                Op::Advance(secs) => h.advance(Duration::from_secs(u64::from(secs))),
+            }
+        }
+    }
+}
+
+/// Loads a vector key directory into a harness's store.
+fn load_vectors(h: &mut Harness, dir: &str) -> Value {
+    let base = concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/spec/vectors");
+    for entry in std::fs::read_dir(format!("{base}/{dir}")).expect("vector key dir") {
+        let entry = entry.unwrap();
+        let name = entry.file_name().into_string().unwrap();
+        h.store.keys.insert(name, SecretBytes::new(std::fs::read(entry.path()).unwrap()));
+    }
+    let file = dir.replace("keys-", "vectors-");
+    serde_json::from_str(&std::fs::read_to_string(format!("{base}/{file}.json")).unwrap()).unwrap()
+}
+
+fn check_vectors(dir: &str) {
+    for raw in [false, true] {
+        let mut config = Config::empty();
+        if raw {
+            config.compat.ciphertext = kes_core::crypto::CiphertextFormat::Raw;
+        }
+        let mut h = start(config);
+        let v = load_vectors(&mut h, dir);
+        let mut checked = 0;
+        for d in v["dek"].as_array().unwrap().iter().chain(v["encrypt"].as_array().unwrap()) {
+            let key = d["key"].as_str().unwrap();
+            let mut body = json!({"ciphertext": d["ciphertext"]});
+            if !d["context"].is_null() {
+                body["context"] = d["context"].clone();
+            }
+            let r = call(&mut h, Method::PUT, &format!("/v1/key/decrypt/{key}"), body.clone());
+            assert_eq!(
+                r.status,
+                StatusCode::OK,
+                "{dir} {key}: {}",
+                String::from_utf8_lossy(&r.body)
+            );
+            assert_eq!(json_of(&r)["plaintext"], d["plaintext"], "{dir} {key}");
+            body["context"] = b64(b"some other context").into();
+            let r = call(&mut h, Method::PUT, &format!("/v1/key/decrypt/{key}"), body);
+            assert_eq!(r.status, StatusCode::BAD_REQUEST);
+            assert_eq!(json_of(&r)["message"], "decryption failed: ciphertext is not authentic");
+            checked += 1;
+        }
+        for m in v["hmac"].as_array().into_iter().flatten() {
+            let key = m["key"].as_str().unwrap();
+            let r = call(
+                &mut h,
+                Method::PUT,
+                &format!("/v1/key/hmac/{key}"),
+                json!({"message": m["message"]}),
+            );
+            assert_eq!(r.status, StatusCode::OK);
+            assert_eq!(json_of(&r)["hmac"], m["hmac"]);
+            checked += 1;
+        }
+        assert!(checked >= 10, "{dir}: only {checked} vectors");
+        // New ciphertexts under the original's keys round-trip too.
+        for key in ["alpha", "beta-key", "Gamma_3"] {
+            let r = call(
+                &mut h,
+                Method::PUT,
+                &format!("/v1/key/encrypt/{key}"),
+                json!({"plaintext": b64(b"x"), "context": b64(b"c")}),
+            );
+            assert_eq!(r.status, StatusCode::OK);
+            let r = call(
+                &mut h,
+                Method::PUT,
+                &format!("/v1/key/decrypt/{key}"),
+                json!({"ciphertext": json_of(&r)["ciphertext"], "context": b64(b"c")}),
+            );
+            assert_eq!(json_of(&r)["plaintext"], b64(b"x"));
+        }
+    }
+}
+
+#[test]
+fn vectors_v019() {
+    check_vectors("keys-v0.19");
+}
+
+#[test]
+fn vectors_v024() {
+    check_vectors("keys-v0.24");
+}
+
+#[test]
+fn legacy_keys_have_no_hmac() {
+    let mut h = start(Config::empty());
+    load_vectors(&mut h, "keys-v0.19");
+    let r = call(&mut h, Method::PUT, "/v1/key/hmac/alpha", json!({"message": ""}));
+    assert_eq!(r.status, StatusCode::CONFLICT);
+    assert_eq!(json_of(&r)["message"], "key does not support HMAC");
+}
+
+#[test]
+fn offline_cache_serves_while_store_is_down() {
+    let mut config = Config::empty();
+    config.cache = CacheConfig {
+        any: Duration::from_secs(30),
+        unused: Duration::from_secs(20),
+        offline: Duration::from_secs(300),
+    };
+    let mut h = start(config);
+    assert_eq!(call(&mut h, Method::POST, "/v1/key/create/k", Value::Null).status, StatusCode::OK);
+    assert_eq!(call(&mut h, Method::POST, "/v1/key/generate/k", json!({})).status, StatusCode::OK);
+    h.store.unreachable = true;
+    // The 10 s probe notices the outage; keys keep serving past `any`.
+    for _ in 0..24 {
+        h.advance(Duration::from_secs(5));
+        let r = call(&mut h, Method::POST, "/v1/key/generate/k", json!({}));
+        assert_eq!(r.status, StatusCode::OK, "at {:?}", h.now);
+    }
+    // Uncached keys cannot be fetched.
+    h.store.keys.insert("other".into(), SecretBytes::new(b"x".to_vec()));
+    assert_eq!(
+        call(&mut h, Method::POST, "/v1/key/generate/other", json!({})).status,
+        StatusCode::BAD_GATEWAY
+    );
+    // `offline` after the outage was noticed (at the 10 s probe), the cache is dropped.
+    h.advance(Duration::from_secs(190));
+    assert_eq!(
+        call(&mut h, Method::POST, "/v1/key/generate/k", json!({})).status,
+        StatusCode::BAD_GATEWAY
+    );
+    // Recovery: served again from the store.
+    h.store.unreachable = false;
+    assert_eq!(call(&mut h, Method::POST, "/v1/key/generate/k", json!({})).status, StatusCode::OK);
+}
+
+#[test]
+fn without_offline_cache_keys_expire_during_outage() {
+    let mut config = Config::empty();
+    config.cache = CacheConfig {
+        any: Duration::from_secs(30),
+        unused: Duration::ZERO,
+        offline: Duration::ZERO,
+    };
+    let mut h = start(config);
+    call(&mut h, Method::POST, "/v1/key/create/k", Value::Null);
+    assert_eq!(call(&mut h, Method::POST, "/v1/key/generate/k", json!({})).status, StatusCode::OK);
+    h.store.unreachable = true;
+    assert_eq!(call(&mut h, Method::POST, "/v1/key/generate/k", json!({})).status, StatusCode::OK);
+    h.advance(Duration::from_secs(31));
+    assert_eq!(
+        call(&mut h, Method::POST, "/v1/key/generate/k", json!({})).status,
+        StatusCode::BAD_GATEWAY
+    );
+}
+
+#[test]
+fn cache_hit_does_not_touch_the_store() {
+    let mut h = start(Config::empty());
+    call(&mut h, Method::POST, "/v1/key/create/k", Value::Null);
+    call(&mut h, Method::POST, "/v1/key/generate/k", json!({}));
+    let before = h.store.executed;
+    for _ in 0..10 {
+        call(&mut h, Method::POST, "/v1/key/generate/k", json!({}));
+    }
+    assert_eq!(h.store.executed, before);
+}
+
+#[test]
+fn api_shapes_and_errors() {
+    let mut h = start(Config::empty());
+    let r = call(&mut h, Method::GET, "/v1/key/create/k", Value::Null);
+    assert_eq!(r.status, StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(r.header("Accept"), Some("PUT"));
+    let r = call(&mut h, Method::GET, "/v1/key/list", Value::Null);
+    assert_eq!(r.status, StatusCode::MOVED_PERMANENTLY);
+    assert_eq!(r.header("Location"), Some("/v1/key/list/"));
+    let r = call(&mut h, Method::GET, "/v1/status?enclave=x", Value::Null);
+    assert_eq!(json_of(&r)["message"], "enclave does not exist");
+    for bad in ["..%2Fx", "a%2Fb", &"k".repeat(300), "a.b"] {
+        let r = call(&mut h, Method::POST, &format!("/v1/key/create/{bad}"), Value::Null);
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{bad}");
+    }
+    assert!(h.store.keys.is_empty());
+    call(&mut h, Method::POST, "/v1/key/create/k", Value::Null);
+    let r = h.request(
+        Caller::Identified(admin()),
+        Request::new(Method::PUT, "/v1/key/generate/k").with_body(&b"{not json"[..]),
+    );
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    assert_eq!(json_of(&r)["message"], "invalid request body");
+    let r = call(&mut h, Method::GET, "/v1/key/describe/k", Value::Null);
+    assert_eq!(json_of(&r)["algorithm"], "AES256");
+    assert_eq!(json_of(&r)["created_by"], admin().to_string());
+    let r = call(
+        &mut h,
+        Method::PUT,
+        "/v1/key/import/i",
+        json!({"key": b64(&[1; 16]), "cipher": "AES256"}),
+    );
+    assert_eq!(r.status, StatusCode::NOT_ACCEPTABLE);
+    let r = call(&mut h, Method::PUT, "/v1/key/import/i", json!({"bytes": b64(&[1; 32])}));
+    assert_eq!(r.status, StatusCode::OK, "v0.19 import body is accepted");
+}
+
+#[test]
+fn seed_era_policy_apis() {
+    let mut h = start(Config::empty());
+    let user = Identity::from_spki_der(b"user");
+    let as_user = |h: &mut Harness, m: Method, p: &str| {
+        h.request(Caller::Identified(user), Request::new(m, p))
+    };
+    assert_eq!(as_user(&mut h, Method::GET, "/v1/status").status, StatusCode::FORBIDDEN);
+    let r = call(
+        &mut h,
+        Method::POST,
+        "/v1/policy/write/p",
+        json!({"Allow": ["/v1/key/create/app-*"], "Deny": []}),
+    );
+    assert_eq!(r.status, StatusCode::OK);
+    let r =
+        call(&mut h, Method::POST, "/v1/policy/assign/p", json!({"identity": user.to_string()}));
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(as_user(&mut h, Method::POST, "/v1/key/create/app-1").status, StatusCode::OK);
+    assert_eq!(as_user(&mut h, Method::POST, "/v1/key/create/other").status, StatusCode::FORBIDDEN);
+    let r = call(&mut h, Method::GET, "/v1/policy/read/p", Value::Null);
+    assert_eq!(json_of(&r)["allow"], json!({"/v1/key/create/app-*": {}}));
+    let r = as_user(&mut h, Method::GET, "/v1/identity/self/describe");
+    assert_eq!(json_of(&r)["policy"], "p");
+    call(&mut h, Method::DELETE, "/v1/policy/delete/p", Value::Null);
+    let r = as_user(&mut h, Method::POST, "/v1/key/create/app-2");
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+    assert_eq!(json_of(&r)["message"], "policy does not exist");
+    call(&mut h, Method::DELETE, "/v1/identity/forget/".to_owned().as_str(), Value::Null);
+    let r = call(&mut h, Method::DELETE, &format!("/v1/identity/delete/{user}"), Value::Null);
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(as_user(&mut h, Method::POST, "/v1/key/create/app-2").status, StatusCode::FORBIDDEN);
+}
+
+#[test]
+fn audit_events_never_carry_secrets() {
+    let mut h = start(Config::empty());
+    call(&mut h, Method::POST, "/v1/key/create/k", Value::Null);
+    let r = call(&mut h, Method::POST, "/v1/key/generate/k", json!({"context": b64(b"ctx")}));
+    let v = json_of(&r);
+    let pt = v["plaintext"].as_str().unwrap().to_owned();
+    let key_file = String::from_utf8(h.store.keys["k"].expose().to_vec()).unwrap();
+    let lines: Vec<String> = h
+        .events
+        .iter()
+        .map(|e| match e {
+            kes_core::Event::Audit(a) => a.to_json(),
+            kes_core::Event::Error(e) => e.to_json(),
+        })
+        .collect();
+    assert!(lines.len() >= 2);
+    let pt_hex: String = STANDARD.decode(&pt).unwrap().iter().map(|b| format!("{b:02x}")).collect();
+    for l in &lines {
+        assert!(!l.contains(&pt) && !l.contains(&pt_hex) && !l.contains(&key_file), "{l}");
+    }
+}
