@@ -62,6 +62,9 @@ fn op() -> impl Strategy<Value = Op> {
     ]
 }
 
+/// A generated data key: (key name, key incarnation, plaintext, ciphertext, context).
+type Dek = (String, u32, Vec<u8>, String, Option<Vec<u8>>);
+
 fn ctx_bytes(c: Option<u8>) -> Option<Vec<u8>> {
     c.map(|c| vec![b'c', c])
 }
@@ -83,7 +86,7 @@ proptest! {
         let mut model: BTreeMap<String, u32> = BTreeMap::new();
         let mut incarnations = 0u32;
         // (name, incarnation, plaintext, ciphertext, context)
-        let mut deks: Vec<(String, u32, Vec<u8>, String, Option<Vec<u8>>)> = Vec::new();
+        let mut deks: Vec<Dek> = Vec::new();
         for op in ops {
             match op {
                 Op::Create(k) | Op::Import(k, _) => {
@@ -92,13 +95,16 @@ proptest! {
                         Op::Import(_, bytes) => call(&mut h, Method::PUT, &format!("/v1/key/import/{name}"), json!({"key": b64(bytes), "cipher": "AES256"})),
                         _ => call(&mut h, Method::POST, &format!("/v1/key/create/{name}"), Value::Null),
                     };
-                    if model.contains_key(&name) {
-                        prop_assert_eq!(r.status, StatusCode::BAD_REQUEST);
-                        prop_assert_eq!(&json_of(&r)["message"], &json!("key already exists"));
-                    } else {
-                        prop_assert_eq!(r.status, StatusCode::OK);
-                        incarnations += 1;
-                        model.insert(name, incarnations);
+                    match model.entry(name) {
+                        std::collections::btree_map::Entry::Occupied(_) => {
+                            prop_assert_eq!(r.status, StatusCode::BAD_REQUEST);
+                            prop_assert_eq!(&json_of(&r)["message"], &json!("key already exists"));
+                        }
+                        std::collections::btree_map::Entry::Vacant(e) => {
+                            prop_assert_eq!(r.status, StatusCode::OK);
+                            incarnations += 1;
+                            e.insert(incarnations);
+                        }
                     }
                 }
                 Op::Delete(k) => {
