@@ -282,7 +282,30 @@ async fn serve_one(
         }
         return false;
     }
-    write_response(stream, resp, close).await.is_ok() && !close
+    let ok = write_response(stream, resp, close).await.is_ok();
+    if ok && too_large {
+        drain_body(stream, buf, head.content_length).await;
+    }
+    ok && !close
+}
+
+/// Reads and discards a refused body (bounded in size and time) before the
+/// connection closes, so a client still writing it gets to read the 413
+/// instead of a broken pipe.
+async fn drain_body(stream: &mut Stream, buf: &mut Vec<u8>, declared: usize) {
+    const MAX_DRAIN: usize = 8 << 20;
+    let mut left = declared.min(MAX_DRAIN).saturating_sub(buf.len());
+    buf.clear();
+    let until = Instant::now() + Duration::from_secs(2);
+    while left > 0 {
+        match deadline(until, read_some(stream, buf)).await {
+            Some(Ok(n)) if n > 0 => {
+                left = left.saturating_sub(n);
+                buf.clear();
+            }
+            _ => return,
+        }
+    }
 }
 
 async fn write_response(

@@ -1,0 +1,270 @@
+//! Shared end-to-end test plumbing: certificates made on the spot, a server
+//! started in-process on a free port, and a blocking mTLS HTTP/1.1 client.
+
+#![allow(dead_code)]
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use kes_adapters::store::{FsStore, KeyStore, MemStore};
+use kes_adapters::tls::{self, ClientAuth};
+use kes_adapters::{start, RunningServer, ServerOptions};
+use kes_core::config::{AdminSetting, KeystoreConfig};
+use kes_core::{Config, Identity};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+/// A fresh, empty temp directory.
+pub fn tempdir(tag: &str) -> PathBuf {
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let d = std::env::temp_dir().join(format!("kes-e2e-{tag}-{}-{n}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// A test CA, the server's certificate, and files for them.
+pub struct Pki {
+    pub dir: PathBuf,
+    ca_cert: rcgen::Certificate,
+    ca_key: rcgen::KeyPair,
+    pub server_cert: PathBuf,
+    pub server_key: PathBuf,
+    pub ca_file: PathBuf,
+}
+
+/// A client's certificate and key.
+pub struct Id {
+    pub identity: Identity,
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+    pub certs: Vec<CertificateDer<'static>>,
+    pub key_pem: String,
+}
+
+impl Pki {
+    pub fn new() -> Self {
+        let dir = tempdir("pki");
+        let ca_key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        p.distinguished_name.push(rcgen::DnType::CommonName, "kes test CA");
+        let ca_cert = p.self_signed(&ca_key).unwrap();
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let mut p =
+            rcgen::CertificateParams::new(vec!["localhost".into(), "127.0.0.1".into()]).unwrap();
+        p.distinguished_name.push(rcgen::DnType::CommonName, "localhost");
+        let cert = p.signed_by(&key, &ca_cert, &ca_key).unwrap();
+        let server_cert = dir.join("server.cert");
+        let server_key = dir.join("server.key");
+        let ca_file = dir.join("ca.cert");
+        std::fs::write(&server_cert, cert.pem()).unwrap();
+        std::fs::write(&server_key, key.serialize_pem()).unwrap();
+        std::fs::write(&ca_file, ca_cert.pem()).unwrap();
+        Self { dir, ca_cert, ca_key, server_cert, server_key, ca_file }
+    }
+
+    /// A self-signed client certificate (CA:FALSE, like `kes identity new`).
+    pub fn client(&self, name: &str) -> Id {
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        p.distinguished_name.push(rcgen::DnType::CommonName, name);
+        p.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+        let cert = p.self_signed(&key).unwrap();
+        let cert_file = self.dir.join(format!("{name}.cert"));
+        let key_file = self.dir.join(format!("{name}.key"));
+        std::fs::write(&cert_file, cert.pem()).unwrap();
+        std::fs::write(&key_file, key.serialize_pem()).unwrap();
+        let identity = Identity::from_certificate(cert.der()).unwrap();
+        Id {
+            identity,
+            cert_file,
+            key_file,
+            certs: vec![cert.der().clone()],
+            key_pem: key.serialize_pem(),
+        }
+    }
+
+    /// Starts a server with `config` (admin is set by the caller).
+    pub fn start(&self, config: Config) -> RunningServer {
+        let store: Arc<dyn KeyStore> = match &config.keystore {
+            KeystoreConfig::Memory => Arc::new(MemStore::default()),
+            KeystoreConfig::Fs { path } => Arc::new(FsStore::open(path).unwrap()),
+        };
+        let auth = ClientAuth {
+            verify: config.tls.auth.unwrap_or(false),
+            required: !config.any_skip_auth(),
+        };
+        let tls =
+            tls::server_config(&self.server_cert, &self.server_key, None, auth, None).unwrap();
+        start(ServerOptions {
+            config,
+            addr: "127.0.0.1:0".parse().unwrap(),
+            tls,
+            store,
+            threads: 2,
+        })
+        .unwrap()
+    }
+
+    /// A client config trusting the test CA, presenting `id` if given.
+    pub fn client_config(&self, id: Option<&Id>) -> Arc<rustls::ClientConfig> {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(self.ca_cert.der().clone()).unwrap();
+        let b = rustls::ClientConfig::builder_with_provider(tls::provider())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots);
+        Arc::new(match id {
+            Some(id) => b
+                .with_client_auth_cert(
+                    id.certs.clone(),
+                    PrivateKeyDer::from_pem_slice(id.key_pem.as_bytes()).unwrap(),
+                )
+                .unwrap(),
+            None => b.with_no_client_auth(),
+        })
+    }
+}
+
+/// A config with `admin` as admin and everything else default.
+pub fn config_with_admin(admin: &Id) -> Config {
+    let mut c = Config::empty();
+    c.admin = AdminSetting::Identity(admin.identity);
+    c.log.error = false;
+    c
+}
+
+/// One HTTP response.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Reply {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).unwrap_or(serde_json::Value::Null)
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+    }
+
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+/// A blocking mTLS client for one identity.
+pub struct Client {
+    pub cfg: Arc<rustls::ClientConfig>,
+    pub addr: SocketAddr,
+}
+
+pub type Tls = rustls::StreamOwned<rustls::ClientConnection, TcpStream>;
+
+impl Client {
+    pub fn new(pki: &Pki, id: Option<&Id>, addr: SocketAddr) -> Self {
+        Self { cfg: pki.client_config(id), addr }
+    }
+
+    /// Opens a TLS connection (handshake completes on first IO).
+    pub fn connect(&self) -> std::io::Result<Tls> {
+        let tcp = TcpStream::connect(self.addr)?;
+        tcp.set_read_timeout(Some(Duration::from_secs(20)))?;
+        let conn = rustls::ClientConnection::new(
+            self.cfg.clone(),
+            ServerName::try_from("localhost").unwrap(),
+        )
+        .map_err(std::io::Error::other)?;
+        Ok(rustls::StreamOwned::new(conn, tcp))
+    }
+
+    /// One request on a fresh connection.
+    pub fn call(&self, method: &str, path: &str, body: &[u8]) -> std::io::Result<Reply> {
+        let mut s = self.connect()?;
+        send(&mut s, method, path, body, true)?;
+        read_reply(&mut s)
+    }
+
+    pub fn json(&self, method: &str, path: &str, body: serde_json::Value) -> Reply {
+        self.call(method, path, body.to_string().as_bytes()).unwrap()
+    }
+}
+
+pub fn send(
+    s: &mut Tls,
+    method: &str,
+    path: &str,
+    body: &[u8],
+    close: bool,
+) -> std::io::Result<()> {
+    let mut req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nContent-Length: {}\r\n",
+        body.len()
+    )
+    .into_bytes();
+    if close {
+        req.extend_from_slice(b"Connection: close\r\n");
+    }
+    req.extend_from_slice(b"\r\n");
+    req.extend_from_slice(body);
+    s.write_all(&req)?;
+    s.flush()
+}
+
+/// Reads one response (Content-Length framed).
+pub fn read_reply(s: &mut Tls) -> std::io::Result<Reply> {
+    let mut buf = Vec::new();
+    let mut byte = [0u8; 1];
+    while !buf.ends_with(b"\r\n\r\n") {
+        if s.read(&mut byte)? == 0 {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "connection closed",
+            ));
+        }
+        buf.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&buf).into_owned();
+    let mut lines = head.split("\r\n");
+    let status: u16 = lines.next().unwrap().split(' ').nth(1).unwrap().parse().unwrap();
+    let headers: Vec<(String, String)> = lines
+        .filter(|l| !l.is_empty())
+        .map(|l| {
+            let (k, v) = l.split_once(':').unwrap();
+            (k.trim().to_owned(), v.trim().to_owned())
+        })
+        .collect();
+    let len: usize = headers
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case("content-length"))
+        .map_or(0, |(_, v)| v.parse().unwrap());
+    let mut body = vec![0u8; len];
+    s.read_exact(&mut body)?;
+    Ok(Reply { status, headers, body })
+}
+
+/// Copies a read-only vector directory (shared/ is read-only in CI).
+pub fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        let dst = to.join(e.file_name());
+        std::fs::write(&dst, std::fs::read(e.path()).unwrap()).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&dst, std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
+}
+
+pub fn vectors_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/spec/vectors")
+}
