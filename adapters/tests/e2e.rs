@@ -407,3 +407,34 @@ fn identities_from_certificates_match_openssl() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert_eq!(text.split_whitespace().next(), Some(app.identity.to_string().as_str()));
 }
+
+/// `tls.password`: legacy OpenSSL-encrypted PEM keys (RFC 1423), as KES reads them.
+#[test]
+fn password_protected_server_keys() {
+    let dir = tempdir("pem");
+    let sh = |cmd: &str| {
+        let out =
+            std::process::Command::new("sh").arg("-c").arg(cmd).current_dir(&dir).output().unwrap();
+        assert!(out.status.success(), "{cmd}: {}", String::from_utf8_lossy(&out.stderr));
+    };
+    sh("openssl ecparam -genkey -name prime256v1 -noout -out plain.key");
+    sh("openssl ec -in plain.key -aes-256-cbc -passout pass:s3cret -out aes.key");
+    sh("openssl ec -in plain.key -des3 -passout pass:s3cret -out des3.key");
+    sh("openssl genrsa -traditional -aes128 -passout pass:s3cret -out rsa.key 2048");
+    sh("openssl req -new -x509 -key plain.key -subj /CN=localhost -addext subjectAltName=IP:127.0.0.1 -days 1 -out ec.cert");
+    sh("openssl req -new -x509 -key rsa.key -passin pass:s3cret -subj /CN=localhost -days 1 -out rsa.cert");
+    let auth = kes_adapters::tls::ClientAuth { verify: false, required: true };
+    let load = |cert: &str, key: &str, pw: Option<&str>| {
+        kes_adapters::tls::server_config(&dir.join(cert), &dir.join(key), pw, auth, None)
+    };
+    assert!(std::fs::read_to_string(dir.join("aes.key"))
+        .unwrap()
+        .contains("Proc-Type: 4,ENCRYPTED"));
+    load("ec.cert", "aes.key", Some("s3cret")).unwrap();
+    load("ec.cert", "des3.key", Some("s3cret")).unwrap();
+    load("rsa.cert", "rsa.key", Some("s3cret")).unwrap();
+    let e = load("ec.cert", "aes.key", None).unwrap_err();
+    assert!(e.contains("password required"), "{e}");
+    assert!(load("ec.cert", "aes.key", Some("wrong")).is_err());
+    assert!(load("rsa.cert", "plain.key", None).unwrap_err().contains("do not fit"));
+}

@@ -223,7 +223,12 @@ impl Config {
                 ConfigError { line, message: msg }
             })?
         };
-        raw.validate(warnings)
+        raw.validate(warnings).map_err(|mut e| {
+            if e.line.is_none() {
+                e.line = locate(text, &e.message);
+            }
+            e
+        })
     }
 
     /// A config with no file: in-memory store, no policies (`--dev`, tests).
@@ -248,6 +253,17 @@ impl Config {
     pub fn any_skip_auth(&self) -> bool {
         self.api.values().any(|o| o.skip_auth)
     }
+}
+
+/// The line of the first value a validation message quotes ('...'), so
+/// semantic errors point at the file like syntax errors do.
+fn locate(text: &str, message: &str) -> Option<usize> {
+    message
+        .split('\'')
+        .skip(1)
+        .step_by(2)
+        .filter(|q| !q.is_empty())
+        .find_map(|quoted| text.lines().position(|l| l.contains(quoted)).map(|i| i + 1))
 }
 
 /// Replaces whole-scalar `${NAME}` values line by line, so serde_yaml's line
