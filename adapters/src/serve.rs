@@ -174,7 +174,8 @@ async fn connection(tcp: Async<TcpStream>, peer: SocketAddr, shared: Arc<Shared>
         None => return,
     };
     let caller = tls::caller_of(stream.get_ref().1.peer_certificates());
-    let mut buf: Vec<u8> = Vec::with_capacity(4096);
+    // Request bytes include plaintexts: the buffer is wiped (whole capacity) on drop.
+    let mut buf = zeroize::Zeroizing::new(Vec::<u8>::with_capacity(4096));
     let mut first = true;
     loop {
         let head_deadline =
@@ -221,11 +222,14 @@ async fn read_head(
     }
 }
 
+/// Reads straight into the connection's buffer (no stack copy of secrets).
 async fn read_some(stream: &mut Stream, buf: &mut Vec<u8>) -> std::io::Result<usize> {
-    let mut chunk = [0u8; 16 * 1024];
-    let n = stream.read(&mut chunk).await?;
-    buf.extend_from_slice(&chunk[..n]);
-    Ok(n)
+    const CHUNK: usize = 16 * 1024;
+    let len = buf.len();
+    buf.resize(len + CHUNK, 0);
+    let r = stream.read(&mut buf[len..]).await;
+    buf.truncate(len + *r.as_ref().unwrap_or(&0));
+    r
 }
 
 /// Serves one request; false means close the connection.
@@ -257,7 +261,10 @@ async fn serve_one(
                 _ => return false,
             }
         }
-        body = buf.drain(..head.content_length).collect();
+        body = buf[..head.content_length].to_vec();
+        // Wipe the consumed bytes before shifting the rest down.
+        zeroize::Zeroize::zeroize(&mut buf[..head.content_length]);
+        buf.drain(..head.content_length);
         if limits.is_some_and(|l| l.max_body == 0) {
             body.clear(); // routes without a body ignore it
         }

@@ -146,6 +146,7 @@ fn next_after(mut t: Instant, period: Duration, now: Instant) -> Instant {
 }
 
 #[cfg(test)]
+#[allow(clippy::disallowed_methods)] // tests seed the simulated clock from the real one
 mod tests {
     use super::*;
 

@@ -469,7 +469,8 @@ impl Server {
             return Err(ApiError::BodyTooLarge);
         }
         let deadline = (!timeout.is_zero()).then(|| now.instant + timeout);
-        let body = req.body;
+        // The body may hold a plaintext (encrypt) or key (import): wiped on drop.
+        let body = zeroize::Zeroizing::new(req.body);
         let key = |r: &str| KeyName::parse(r).map_err(ApiError::InvalidName);
         let object = |b: &[u8]| wire::parse_object(b).map_err(|BadBody| ApiError::InvalidBody);
         match route.op {

@@ -1,3 +1,4 @@
+#![allow(clippy::disallowed_methods)] // tests read spec files and the real clock to seed a simulated one
 //! The core driven as a state machine: a model test against a plain map,
 //! the spec vectors, cache behaviour under a simulated clock, and API shapes.
 
@@ -414,5 +415,98 @@ fn audit_events_never_carry_secrets() {
     let pt_hex: String = STANDARD.decode(&pt).unwrap().iter().map(|b| format!("{b:02x}")).collect();
     for l in &lines {
         assert!(!l.contains(&pt) && !l.contains(&pt_hex) && !l.contains(&key_file), "{l}");
+    }
+}
+
+mod direct {
+    //! The state machine without the harness: parked requests, single
+    //! flight, timeouts and start-up failures.
+
+    use super::*;
+    use kes_core::testing::SeededRng;
+    use kes_core::{Command, RequestId, Server, StoreError, StoreReply};
+
+    fn server(keys: Vec<String>) -> (Server, Now, SeededRng) {
+        let mut config = Config::empty();
+        config.admin = AdminSetting::Identity(admin());
+        config.keys = keys;
+        let now = Now { instant: Instant::now(), unix: UnixTime::from_parts(1_700_000_000, 0) };
+        let mut rng = SeededRng(1);
+        (Server::new(config, now, &mut rng), now, rng)
+    }
+
+    fn gen(s: &mut Server, id: u64, now: Now, rng: &mut SeededRng) {
+        let req = Request::new(Method::PUT, "/v1/key/generate/k").with_body(&b"{}"[..]);
+        s.handle_request(RequestId(id), Caller::Identified(admin()), req, now, rng);
+    }
+
+    #[test]
+    fn concurrent_misses_share_one_fetch_and_time_out_together() {
+        let (mut s, now, mut rng) = server(vec![]);
+        for id in 1..=3 {
+            gen(&mut s, id, now, &mut rng);
+        }
+        let cmds: Vec<_> = std::iter::from_fn(|| s.poll_command()).collect();
+        assert_eq!(cmds.len(), 1, "one Get for three waiting requests");
+        assert!(matches!(cmds[0].1, Command::Get { .. }));
+        assert!(s.poll_response().is_none());
+        let (deadline, who) = s.poll_timeout().unwrap();
+        assert_eq!(who, "request");
+        assert_eq!(deadline, now.instant + Duration::from_secs(15));
+        s.handle_timeout(now.advanced(Duration::from_secs(15)));
+        let resps: Vec<_> = std::iter::from_fn(|| s.poll_response()).collect();
+        assert_eq!(resps.len(), 3);
+        for (_, r) in &resps {
+            assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
+        }
+        // The late store result is absorbed without answering anyone twice.
+        s.handle_store_result(cmds[0].0, Err(StoreError::NotFound), now, &mut rng);
+        assert!(s.poll_response().is_none());
+    }
+
+    #[test]
+    fn store_failures_map_to_gateway_errors_and_events() {
+        let (mut s, now, mut rng) = server(vec![]);
+        gen(&mut s, 1, now, &mut rng);
+        let (cid, _) = s.poll_command().unwrap();
+        s.handle_store_result(cid, Err(StoreError::Failed("disk on fire".into())), now, &mut rng);
+        let (_, r) = s.poll_response().unwrap();
+        assert_eq!(r.status, StatusCode::BAD_GATEWAY);
+        assert_eq!(json_of(&r)["message"], "failed to read key");
+        let events: Vec<_> = std::iter::from_fn(|| s.poll_event()).collect();
+        assert!(events
+            .iter()
+            .any(|e| matches!(e, kes_core::Event::Error(e) if e.message.contains("disk on fire"))));
+        // A malformed key file is a 500 and an error event, never a panic.
+        gen(&mut s, 2, now, &mut rng);
+        let (cid, _) = s.poll_command().unwrap();
+        s.handle_store_result(
+            cid,
+            Ok(StoreReply::Value(SecretBytes::new(b"garbage".to_vec()))),
+            now,
+            &mut rng,
+        );
+        let (_, r) = s.poll_response().unwrap();
+        assert_eq!(r.status, StatusCode::INTERNAL_SERVER_ERROR);
+    }
+
+    #[test]
+    fn declared_keys_are_created_and_failures_reported() {
+        let (mut s, now, mut rng) = server(vec!["a".into(), "b".into(), "c".into()]);
+        assert!(s.starting());
+        let cmds: Vec<_> = std::iter::from_fn(|| s.poll_command()).collect();
+        assert_eq!(cmds.len(), 3);
+        s.handle_store_result(cmds[0].0, Ok(StoreReply::Created), now, &mut rng);
+        s.handle_store_result(cmds[1].0, Err(StoreError::Exists), now, &mut rng);
+        assert!(s.startup_failures().is_empty(), "existing keys are kept, not an error");
+        s.handle_store_result(
+            cmds[2].0,
+            Err(StoreError::Failed("read-only".into())),
+            now,
+            &mut rng,
+        );
+        assert!(!s.starting());
+        assert_eq!(s.startup_failures().len(), 1);
+        assert!(s.startup_failures()[0].contains("'c'"));
     }
 }
