@@ -90,10 +90,7 @@ fn seed_policy_tables() {
 
 #[test]
 fn key_lifecycle_and_data_keys() {
-    let pki = Pki::new();
-    let admin = pki.client("admin");
-    let server = pki.start(config_with_admin(&admin));
-    let c = Client::new(&pki, Some(&admin), server.addr());
+    let (_pki, admin, server, c) = admin_server(|_| {});
     assert_eq!(c.call("PUT", "/v1/key/create/app-key", b"").unwrap().status, 200);
     let r = c.call("GET", "/v1/key/describe/app-key", b"").unwrap();
     assert_eq!(r.json()["name"], "app-key");
@@ -249,10 +246,7 @@ fn vectors_v024_over_tls() {
 
 #[test]
 fn bad_requests_get_clear_errors() {
-    let pki = Pki::new();
-    let admin = pki.client("admin");
-    let server = pki.start(config_with_admin(&admin));
-    let c = Client::new(&pki, Some(&admin), server.addr());
+    let (_pki, _admin, server, c) = admin_server(|_| {});
     c.call("POST", "/v1/key/create/k", b"").unwrap();
 
     let big = vec![b'a'; (1 << 20) + 1];
@@ -302,10 +296,7 @@ fn client_without_certificate_is_refused() {
 
 #[test]
 fn slow_client_is_closed_after_header_timeout() {
-    let pki = Pki::new();
-    let admin = pki.client("admin");
-    let server = pki.start(config_with_admin(&admin));
-    let c = Client::new(&pki, Some(&admin), server.addr());
+    let (_pki, _admin, server, c) = admin_server(|_| {});
     let mut s = c.connect().unwrap();
     s.write_all(b"GET /v1/status HTTP/1.1\r\nHost: x\r\n").unwrap();
     s.flush().unwrap();
@@ -322,10 +313,7 @@ fn slow_client_is_closed_after_header_timeout() {
 
 #[test]
 fn keep_alive_and_pipelining() {
-    let pki = Pki::new();
-    let admin = pki.client("admin");
-    let server = pki.start(config_with_admin(&admin));
-    let c = Client::new(&pki, Some(&admin), server.addr());
+    let (_pki, _admin, server, c) = admin_server(|_| {});
     let mut s = c.connect().unwrap();
     send(&mut s, "POST", "/v1/key/create/p", b"", false).unwrap();
     assert_eq!(read_reply(&mut s).unwrap().status, 200);

@@ -101,6 +101,13 @@ enum Pending {
     Declared(KeyName),
 }
 
+/// A request that may have to wait for the store.
+struct Parked<'a> {
+    id: RequestId,
+    ctx: &'a Ctx,
+    deadline: Option<Instant>,
+}
+
 struct InFlight {
     ctx: Ctx,
     deadline: Option<Instant>,
@@ -557,27 +564,33 @@ impl Server {
             }
             Op::KeyDescribe => {
                 let name = key(&resource)?;
-                self.with_key(id, ctx, deadline, name.clone(), KeyOp::Describe(name), now, rng);
+                self.with_key(
+                    Parked { id, ctx, deadline },
+                    name.clone(),
+                    KeyOp::Describe(name),
+                    now,
+                    rng,
+                );
             }
             Op::KeyGenerate => {
                 let name = key(&resource)?;
                 let obj = object(&body)?;
-                let context =
-                    wire::bytes_field(&obj, "context").map_err(|_| ApiError::InvalidBody)?;
-                self.with_key(id, ctx, deadline, name, KeyOp::Generate { context }, now, rng);
+                let context = bytes(&obj, "context")?;
+                self.with_key(
+                    Parked { id, ctx, deadline },
+                    name,
+                    KeyOp::Generate { context },
+                    now,
+                    rng,
+                );
             }
             Op::KeyEncrypt => {
                 let name = key(&resource)?;
                 let obj = object(&body)?;
-                let plaintext = SecretBytes::new(
-                    wire::bytes_field(&obj, "plaintext").map_err(|_| ApiError::InvalidBody)?,
-                );
-                let context =
-                    wire::bytes_field(&obj, "context").map_err(|_| ApiError::InvalidBody)?;
+                let plaintext = SecretBytes::new(bytes(&obj, "plaintext")?);
+                let context = bytes(&obj, "context")?;
                 self.with_key(
-                    id,
-                    ctx,
-                    deadline,
+                    Parked { id, ctx, deadline },
                     name,
                     KeyOp::Encrypt { plaintext, context },
                     now,
@@ -587,14 +600,10 @@ impl Server {
             Op::KeyDecrypt => {
                 let name = key(&resource)?;
                 let obj = object(&body)?;
-                let ciphertext =
-                    wire::bytes_field(&obj, "ciphertext").map_err(|_| ApiError::InvalidBody)?;
-                let context =
-                    wire::bytes_field(&obj, "context").map_err(|_| ApiError::InvalidBody)?;
+                let ciphertext = bytes(&obj, "ciphertext")?;
+                let context = bytes(&obj, "context")?;
                 self.with_key(
-                    id,
-                    ctx,
-                    deadline,
+                    Parked { id, ctx, deadline },
                     name,
                     KeyOp::Decrypt { ciphertext, context },
                     now,
@@ -611,20 +620,23 @@ impl Server {
                 let mut list = Vec::with_capacity(items.len());
                 for item in &items {
                     let obj = item.as_object().ok_or(ApiError::InvalidBody)?;
-                    let ct =
-                        wire::bytes_field(obj, "ciphertext").map_err(|_| ApiError::InvalidBody)?;
-                    let cx =
-                        wire::bytes_field(obj, "context").map_err(|_| ApiError::InvalidBody)?;
+                    let ct = bytes(obj, "ciphertext")?;
+                    let cx = bytes(obj, "context")?;
                     list.push((ct, cx));
                 }
-                self.with_key(id, ctx, deadline, name, KeyOp::Bulk(list), now, rng);
+                self.with_key(Parked { id, ctx, deadline }, name, KeyOp::Bulk(list), now, rng);
             }
             Op::KeyHmac => {
                 let name = key(&resource)?;
                 let obj = object(&body)?;
-                let message =
-                    wire::bytes_field(&obj, "message").map_err(|_| ApiError::InvalidBody)?;
-                self.with_key(id, ctx, deadline, name, KeyOp::Hmac { message }, now, rng);
+                let message = bytes(&obj, "message")?;
+                self.with_key(
+                    Parked { id, ctx, deadline },
+                    name,
+                    KeyOp::Hmac { message },
+                    now,
+                    rng,
+                );
             }
             Op::PolicyDescribe | Op::PolicyRead => {
                 let name = policy_name(&resource)?;
@@ -843,17 +855,17 @@ impl Server {
         id
     }
 
-    #[allow(clippy::too_many_arguments)]
+    /// Runs `op` with the named key now if cached, else parks the request
+    /// and fetches the key (once, however many requests wait for it).
     fn with_key(
         &mut self,
-        id: RequestId,
-        ctx: &Ctx,
-        deadline: Option<Instant>,
+        parked: Parked<'_>,
         name: KeyName,
         op: KeyOp,
         now: Now,
         rng: &mut dyn CryptoRngCore,
     ) {
+        let Parked { id, ctx, deadline } = parked;
         let format = self.compat.ciphertext;
         if let Some(key) = self.cache.get(name.as_str()) {
             let r = run_key_op(key, op, format, rng);
@@ -1053,6 +1065,11 @@ fn insert_pattern_objects(v: &mut Map<String, Value>, p: &Policy, allow: &str, d
     if !p.deny.is_empty() {
         v.insert(deny.into(), obj(&p.deny));
     }
+}
+
+/// A base64 field of a request body; any decoding problem is a 400.
+fn bytes(obj: &Map<String, Value>, name: &str) -> Result<Vec<u8>, ApiError> {
+    wire::bytes_field(obj, name).map_err(|_| ApiError::InvalidBody)
 }
 
 fn policy_name(r: &str) -> Result<String, ApiError> {

@@ -268,3 +268,15 @@ pub fn copy_dir(from: &Path, to: &Path) {
 pub fn vectors_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/spec/vectors")
 }
+
+/// The usual setup: a PKI, an admin identity, a server with `config` (admin
+/// set), and an admin client for it.
+pub fn admin_server(edit: impl FnOnce(&mut Config)) -> (Pki, Id, RunningServer, Client) {
+    let pki = Pki::new();
+    let admin = pki.client("admin");
+    let mut config = config_with_admin(&admin);
+    edit(&mut config);
+    let server = pki.start(config);
+    let client = Client::new(&pki, Some(&admin), server.addr());
+    (pki, admin, server, client)
+}
