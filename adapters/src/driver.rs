@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use kes_core::{
     Caller, Command, CommandId, Config, Request, RequestId, Response, Server, StoreError,
@@ -15,6 +15,7 @@ use smol::channel::{Receiver, Sender};
 use crate::clock;
 use crate::log::LogHub;
 use crate::store::KeyStore;
+use crate::sysinfo::LiveCounters;
 
 /// An input for the core.
 pub enum Input {
@@ -81,10 +82,11 @@ pub fn spawn(
     server: Server,
     store: Arc<dyn KeyStore>,
     hub: Arc<LogHub>,
+    live: Arc<LiveCounters>,
 ) -> (DriverHandle, smol::Task<()>) {
     let (tx, rx) = smol::channel::unbounded();
     let handle = DriverHandle { tx: tx.clone() };
-    let task = ex.spawn(run(server, store, hub, rx, tx));
+    let task = ex.spawn(run(server, store, hub, live, rx, tx));
     (handle, task)
 }
 
@@ -98,13 +100,13 @@ async fn run(
     mut server: Server,
     store: Arc<dyn KeyStore>,
     hub: Arc<LogHub>,
+    live: Arc<LiveCounters>,
     rx: Receiver<Input>,
     tx: Sender<Input>,
 ) {
     let mut rng = OsRng;
     let mut replies: HashMap<RequestId, Sender<Response>> = HashMap::new();
     let mut next_id = 0u64;
-    let mut sys_at = Instant::now() - Duration::from_secs(60);
     let mut timer = async_io::Timer::never();
     let mut armed: Option<Instant> = None;
     loop {
@@ -127,10 +129,6 @@ async fn run(
         )
         .await;
         let now = clock::now();
-        if now.instant.duration_since(sys_at) > Duration::from_secs(2) {
-            server.set_system_info(crate::sysinfo::read());
-            sys_at = now.instant;
-        }
         server.set_audit_enabled(hub.wants_audit());
         match wake {
             Wake::Closed | Wake::Input(Input::Stop) => return,
@@ -139,6 +137,10 @@ async fn run(
                 server.handle_timeout(now);
             }
             Wake::Input(Input::Request { caller, req, reply }) => {
+                // Process facts are read only when a request reports them.
+                if req.path.starts_with("/v1/metrics") || req.path.starts_with("/v1/status") {
+                    server.set_system_info(crate::sysinfo::read(&live));
+                }
                 next_id += 1;
                 let id = RequestId(next_id);
                 replies.insert(id, reply);
@@ -167,15 +169,16 @@ fn drain(
             progress = true;
             execute(server, store, id, cmd, tx, rng);
         }
+        // Events first: a request's audit line is written before its response leaves.
+        while let Some(e) = server.poll_event() {
+            progress = true;
+            hub.publish(&e);
+        }
         while let Some((id, resp)) = server.poll_response() {
             progress = true;
             if let Some(reply) = replies.remove(&id) {
                 let _ = reply.try_send(resp);
             }
-        }
-        while let Some(e) = server.poll_event() {
-            progress = true;
-            hub.publish(&e);
         }
         if !progress {
             return;

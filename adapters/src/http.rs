@@ -22,6 +22,10 @@ pub struct Head {
     pub content_length: usize,
     /// Whether the client asked to close after this request.
     pub close: bool,
+    /// Values of the TLS-proxy certificate header (only collected when asked).
+    pub forwarded_cert: Vec<String>,
+    /// `X-Forwarded-For` (only collected with `forwarded_cert`).
+    pub forwarded_for: Option<String>,
 }
 
 /// Why a head was refused; each maps to a status and closes the connection.
@@ -36,7 +40,11 @@ pub enum HeadError {
 }
 
 /// Parses a head at the start of `buf`. `Ok(None)`: incomplete, read more.
-pub fn parse_head(buf: &[u8]) -> Result<Option<(Head, usize)>, HeadError> {
+/// `proxy_header` names the forwarded-certificate header to collect, if any.
+pub fn parse_head(
+    buf: &[u8],
+    proxy_header: Option<&str>,
+) -> Result<Option<(Head, usize)>, HeadError> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut req = httparse::Request::new(&mut headers);
     let n = match req.parse(buf) {
@@ -59,7 +67,19 @@ pub fn parse_head(buf: &[u8]) -> Result<Option<(Head, usize)>, HeadError> {
     let http10 = req.version == Some(0);
     let mut close = http10;
     let mut content_length = None;
+    let mut forwarded_cert = Vec::new();
+    let mut forwarded_for = None;
     for h in req.headers.iter() {
+        if let Some(name) = proxy_header {
+            if h.name.eq_ignore_ascii_case(name) {
+                forwarded_cert.push(String::from_utf8_lossy(h.value).into_owned());
+                continue;
+            }
+            if h.name.eq_ignore_ascii_case("x-forwarded-for") {
+                forwarded_for = Some(String::from_utf8_lossy(h.value).into_owned());
+                continue;
+            }
+        }
         if h.name.eq_ignore_ascii_case("content-length") {
             let v = std::str::from_utf8(h.value).ok().and_then(|v| v.trim().parse::<usize>().ok());
             match (content_length, v) {
@@ -80,7 +100,8 @@ pub fn parse_head(buf: &[u8]) -> Result<Option<(Head, usize)>, HeadError> {
             }
         }
     }
-    Ok(Some((Head { method, target, content_length: content_length.unwrap_or(0), close }, n)))
+    let content_length = content_length.unwrap_or(0);
+    Ok(Some((Head { method, target, content_length, close, forwarded_cert, forwarded_for }, n)))
 }
 
 /// The head of a complete response.
@@ -128,27 +149,27 @@ mod tests {
     #[test]
     fn parses_and_detects_pipelining() {
         let buf = b"PUT /v1/key/generate/k HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n{}GET /v1/status HTTP/1.1\r\n\r\n";
-        let (h, n) = parse_head(buf).unwrap().unwrap();
+        let (h, n) = parse_head(buf, None).unwrap().unwrap();
         assert_eq!(h.method, Method::PUT);
         assert_eq!(h.content_length, 2);
         assert!(!h.close);
-        let (h2, _) = parse_head(&buf[n + 2..]).unwrap().unwrap();
+        let (h2, _) = parse_head(&buf[n + 2..], None).unwrap().unwrap();
         assert_eq!(h2.target, "/v1/status");
     }
 
     #[test]
     fn refuses_bad_heads() {
         assert_eq!(
-            parse_head(b"GET / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n").unwrap_err(),
+            parse_head(b"GET / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n", None).unwrap_err(),
             HeadError::LengthRequired
         );
         assert!(matches!(
-            parse_head(b"GET / HTTP/1.1\r\nContent-Length: x\r\n\r\n"),
+            parse_head(b"GET / HTTP/1.1\r\nContent-Length: x\r\n\r\n", None),
             Err(HeadError::Malformed(_))
         ));
-        assert!(parse_head(b"GET / HTTP/1.1\r\nHost").unwrap().is_none());
+        assert!(parse_head(b"GET / HTTP/1.1\r\nHost", None).unwrap().is_none());
         let big = format!("GET / HTTP/1.1\r\nX: {}\r\n", "a".repeat(MAX_HEAD));
-        assert_eq!(parse_head(big.as_bytes()).unwrap_err(), HeadError::TooLarge);
-        assert!(parse_head(b"GET / HTTP/1.0\r\n\r\n").unwrap().unwrap().0.close);
+        assert_eq!(parse_head(big.as_bytes(), None).unwrap_err(), HeadError::TooLarge);
+        assert!(parse_head(b"GET / HTTP/1.0\r\n\r\n", None).unwrap().unwrap().0.close);
     }
 }

@@ -9,8 +9,10 @@
 
 pub mod clock;
 pub mod driver;
+pub mod heap;
 pub mod http;
 pub mod log;
+pub mod proxy;
 pub mod serve;
 pub mod store;
 pub mod sysinfo;

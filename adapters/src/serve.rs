@@ -1,7 +1,9 @@
-//! Listening, TLS handshakes and the per-connection HTTP loop.
+//! Listening, TLS handshakes, the per-connection HTTP loop, reload and
+//! graceful shutdown.
 
 use std::future::Future;
 use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
@@ -16,7 +18,9 @@ use smol::Executor;
 use crate::driver::{self, DriverHandle, Input};
 use crate::http::{self, HeadError};
 use crate::log::LogHub;
+use crate::proxy::ProxyConfig;
 use crate::store::KeyStore;
+use crate::sysinfo::LiveCounters;
 use crate::{clock, tls};
 
 /// A new connection must complete its TLS handshake and first request head
@@ -43,14 +47,28 @@ pub struct ServerOptions {
     pub threads: usize,
 }
 
-/// A running server; dropping it does not stop it, [`RunningServer::stop`] does.
+/// A running server; dropping it does not stop it, [`RunningServer::stop`]
+/// and [`RunningServer::shutdown`] do.
 pub struct RunningServer {
     addr: SocketAddr,
     stop: smol::channel::Sender<()>,
     threads: Vec<std::thread::JoinHandle<()>>,
+    shared: Arc<Shared>,
+}
+
+/// State every connection task shares.
+struct Shared {
+    acceptor: RwLock<TlsAcceptor>,
+    proxy: RwLock<Option<Arc<ProxyConfig>>>,
     driver: DriverHandle,
-    routes: Arc<RwLock<RouteTable>>,
+    routes: RwLock<RouteTable>,
     hub: Arc<LogHub>,
+    live: Arc<LiveCounters>,
+    /// Set on shutdown: stop accepting, close connections between requests.
+    draining: AtomicBool,
+    /// Closed on shutdown, waking idle connections and the accept loop.
+    drain_signal: smol::channel::Receiver<()>,
+    drain_trigger: smol::channel::Sender<()>,
 }
 
 impl RunningServer {
@@ -59,28 +77,60 @@ impl RunningServer {
         self.addr
     }
 
-    /// Applies a new config (policies, admin, route overrides).
-    pub fn reload(&self, config: Config) {
-        *self.routes.write().unwrap_or_else(|p| p.into_inner()) = RouteTable::from_config(&config);
-        self.driver.send(Input::Reload(Box::new(config)));
+    /// Applies a new config (policies, admin, route overrides, proxies) and,
+    /// if given, a new TLS configuration for connections accepted from now
+    /// on. Open connections are not dropped.
+    pub fn reload(
+        &self,
+        config: Config,
+        tls: Option<Arc<rustls::ServerConfig>>,
+    ) -> Result<(), String> {
+        let proxy = proxy_config(&config)?;
+        if let Some(tls) = tls {
+            *write(&self.shared.acceptor) = TlsAcceptor::from(tls);
+        }
+        *write(&self.shared.proxy) = proxy;
+        *write(&self.shared.routes) = RouteTable::from_config(&config);
+        self.shared.driver.send(Input::Reload(Box::new(config)));
+        Ok(())
     }
 
     /// The log hub (to subscribe in-process).
     pub fn logs(&self) -> &Arc<LogHub> {
-        &self.hub
+        &self.shared.hub
     }
 
-    /// Stops accepting, drops all connections and waits for the threads.
+    /// Open client connections right now.
+    pub fn open_connections(&self) -> u64 {
+        self.shared.live.connections.load(Ordering::Relaxed)
+    }
+
+    /// Graceful stop: refuse new connections, let every connection finish the
+    /// request it is on (idle keep-alive connections close at once), wait up
+    /// to `grace` for them, then stop. True if every connection finished.
+    pub fn shutdown(self, grace: Duration) -> bool {
+        self.shared.draining.store(true, Ordering::SeqCst);
+        self.shared.drain_trigger.close();
+        let until = Instant::now() + grace;
+        while self.open_connections() > 0 && Instant::now() < until {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let clean = self.open_connections() == 0;
+        self.stop();
+        clean
+    }
+
+    /// Stops at once: drops all connections and waits for the threads.
     pub fn stop(self) {
-        self.driver.send(Input::Stop);
+        self.shared.driver.send(Input::Stop);
+        self.shared.drain_trigger.close();
         self.stop.close();
         for t in self.threads {
             let _ = t.join();
         }
     }
 
-    /// Blocks until the server stops (it stops only via [`Self::stop`] from
-    /// another handle, or process exit).
+    /// Blocks until the server's threads end.
     pub fn wait(self) {
         for t in self.threads {
             let _ = t.join();
@@ -88,32 +138,59 @@ impl RunningServer {
     }
 }
 
-struct Shared {
-    acceptor: TlsAcceptor,
-    driver: DriverHandle,
-    routes: Arc<RwLock<RouteTable>>,
-    hub: Arc<LogHub>,
+fn write<T>(l: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    l.write().unwrap_or_else(|p| p.into_inner())
+}
+
+fn read<T>(l: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    l.read().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The TLS-proxy settings of a config, if it names any proxy.
+fn proxy_config(config: &Config) -> Result<Option<Arc<ProxyConfig>>, String> {
+    if config.tls.proxy_identities.is_empty() {
+        return Ok(None);
+    }
+    let verifier = match config.tls.auth {
+        Some(true) => {
+            Some(tls::chain_verifier(config.tls.ca.as_deref().map(std::path::Path::new))?)
+        }
+        _ => None,
+    };
+    Ok(Some(Arc::new(ProxyConfig {
+        identities: config.tls.proxy_identities.clone(),
+        header: config.tls.proxy_header.clone(),
+        verifier,
+    })))
 }
 
 /// Creates declared keys, binds, and starts serving on background threads.
 pub fn start(opts: ServerOptions) -> Result<RunningServer, String> {
     let hub = Arc::new(LogHub::new(opts.config.log.audit, opts.config.log.error));
-    let routes = Arc::new(RwLock::new(RouteTable::from_config(&opts.config)));
+    let routes = RouteTable::from_config(&opts.config);
+    let proxy = proxy_config(&opts.config)?;
     let mut server = Server::new(opts.config, clock::now(), &mut OsRng);
     driver::run_startup(&mut server, opts.store.as_ref(), &hub)?;
     let listener = Async::<TcpListener>::bind(opts.addr)
         .map_err(|e| format!("cannot listen on {}: {e}", opts.addr))?;
     let addr = listener.get_ref().local_addr().map_err(|e| e.to_string())?;
     let ex: Arc<Executor<'static>> = Arc::new(Executor::new());
-    let (driver, driver_task) = driver::spawn(&ex, server, opts.store, hub.clone());
+    let live = Arc::new(LiveCounters::default());
+    let (driver, driver_task) = driver::spawn(&ex, server, opts.store, hub.clone(), live.clone());
     driver_task.detach();
+    let (drain_trigger, drain_signal) = smol::channel::bounded(1);
     let shared = Arc::new(Shared {
-        acceptor: TlsAcceptor::from(opts.tls),
-        driver: driver.clone(),
-        routes: routes.clone(),
-        hub: hub.clone(),
+        acceptor: RwLock::new(TlsAcceptor::from(opts.tls)),
+        proxy: RwLock::new(proxy),
+        driver,
+        routes: RwLock::new(routes),
+        hub,
+        live,
+        draining: AtomicBool::new(false),
+        drain_signal,
+        drain_trigger,
     });
-    ex.spawn(accept_loop(listener, Arc::downgrade(&ex), shared)).detach();
+    ex.spawn(accept_loop(listener, Arc::downgrade(&ex), shared.clone())).detach();
     let (stop, stop_rx) = smol::channel::bounded::<()>(1);
     let threads = (0..opts.threads.max(1))
         .map(|i| {
@@ -127,7 +204,7 @@ pub fn start(opts: ServerOptions) -> Result<RunningServer, String> {
                 .map_err(|e| e.to_string())
         })
         .collect::<Result<Vec<_>, _>>()?;
-    Ok(RunningServer { addr, stop, threads, driver, routes, hub })
+    Ok(RunningServer { addr, stop, threads, shared })
 }
 
 /// Holds the executor weakly: tasks must not keep their own executor alive, or
@@ -138,9 +215,15 @@ async fn accept_loop(
     shared: Arc<Shared>,
 ) {
     loop {
-        let (tcp, peer) = match listener.accept().await {
-            Ok(c) => c,
-            Err(e) => {
+        let accepted = smol::future::or(async { Some(listener.accept().await) }, async {
+            let _ = shared.drain_signal.recv().await;
+            None
+        })
+        .await;
+        let (tcp, peer) = match accepted {
+            None => return, // draining: the listener closes with this task
+            Some(Ok(c)) => c,
+            Some(Err(e)) => {
                 shared.hub.error(&format!("http: accept failed: {e}"));
                 Timer::after(Duration::from_millis(50)).await;
                 continue;
@@ -149,7 +232,12 @@ async fn accept_loop(
         let _ = tcp.get_ref().set_nodelay(true);
         let Some(ex) = ex.upgrade() else { return };
         let shared = shared.clone();
-        ex.spawn(async move { connection(tcp, peer, shared).await }).detach();
+        shared.live.connections.fetch_add(1, Ordering::Relaxed);
+        ex.spawn(async move {
+            connection(tcp, peer, &shared).await;
+            shared.live.connections.fetch_sub(1, Ordering::Relaxed);
+        })
+        .detach();
     }
 }
 
@@ -163,9 +251,10 @@ async fn deadline<T>(at: Instant, fut: impl Future<Output = T>) -> Option<T> {
 
 type Stream = TlsStream<Async<TcpStream>>;
 
-async fn connection(tcp: Async<TcpStream>, peer: SocketAddr, shared: Arc<Shared>) {
+async fn connection(tcp: Async<TcpStream>, peer: SocketAddr, shared: &Shared) {
     let start = Instant::now();
-    let mut stream = match deadline(start + HEADER_TIMEOUT, shared.acceptor.accept(tcp)).await {
+    let acceptor = read(&shared.acceptor).clone();
+    let mut stream = match deadline(start + HEADER_TIMEOUT, acceptor.accept(tcp)).await {
         Some(Ok(s)) => s,
         Some(Err(e)) => {
             shared.hub.error(&format!("http: TLS handshake error from {peer}: {e}"));
@@ -176,12 +265,29 @@ async fn connection(tcp: Async<TcpStream>, peer: SocketAddr, shared: Arc<Shared>
     let caller = tls::caller_of(stream.get_ref().1.peer_certificates());
     // Request bytes include plaintexts: the buffer is wiped (whole capacity) on drop.
     let mut buf = zeroize::Zeroizing::new(Vec::<u8>::with_capacity(4096));
-    let mut first = true;
+    let mut served = 0u64;
     loop {
+        // When draining, a connection that has served requests closes between
+        // them; a fresh one still gets its first request (bounded by the
+        // header timeout), so clients that just connected do not fail.
+        let idle_ok = served == 0 || !shared.draining.load(Ordering::SeqCst);
+        if !idle_ok && buf.is_empty() {
+            return;
+        }
         let head_deadline =
-            if first { start + HEADER_TIMEOUT } else { Instant::now() + IDLE_TIMEOUT };
-        first = false;
-        let head = match read_head(&mut stream, &mut buf, head_deadline).await {
+            if served == 0 { start + HEADER_TIMEOUT } else { Instant::now() + IDLE_TIMEOUT };
+        let proxy = read(&shared.proxy).clone().filter(|p| p.is_proxy(&caller));
+        let header = proxy.as_ref().map(|p| p.header.as_str());
+        let interruptible = served > 0;
+        let head = match read_head(
+            &mut stream,
+            &mut buf,
+            head_deadline,
+            header,
+            interruptible.then_some(&shared.drain_signal),
+        )
+        .await
+        {
             Ok(Some(h)) => h,
             Ok(None) => return,
             Err(e) => {
@@ -190,30 +296,53 @@ async fn connection(tcp: Async<TcpStream>, peer: SocketAddr, shared: Arc<Shared>
                 return;
             }
         };
-        if !serve_one(&mut stream, &mut buf, head, caller, peer, &shared).await {
+        served += 1;
+        let (caller, ip) = match &proxy {
+            Some(p) => p.resolve(&head.forwarded_cert, head.forwarded_for.as_deref(), peer.ip()),
+            None => (caller, peer.ip()),
+        };
+        shared.live.active.fetch_add(1, Ordering::Relaxed);
+        let keep = serve_one(&mut stream, &mut buf, head, caller, ip, shared).await;
+        shared.live.active.fetch_sub(1, Ordering::Relaxed);
+        if !keep || shared.draining.load(Ordering::SeqCst) && buf.is_empty() {
+            let _ = stream.close().await;
             return;
         }
     }
 }
 
-/// Reads one request head. `Ok(None)`: the client closed or timed out.
+/// Reads one request head. `Ok(None)`: the client closed, timed out, or the
+/// server is draining and no request had started.
 async fn read_head(
     stream: &mut Stream,
     buf: &mut Vec<u8>,
     idle_deadline: Instant,
+    proxy_header: Option<&str>,
+    drain: Option<&smol::channel::Receiver<()>>,
 ) -> Result<Option<http::Head>, HeadError> {
     let mut until = if buf.is_empty() { idle_deadline } else { Instant::now() + HEADER_TIMEOUT };
     loop {
         if !buf.is_empty() {
-            if let Some((head, n)) = http::parse_head(buf)? {
+            if let Some((head, n)) = http::parse_head(buf, proxy_header)? {
                 buf.drain(..n);
                 return Ok(Some(head));
             }
         }
         let was_empty = buf.is_empty();
-        match deadline(until, read_some(stream, buf)).await {
-            Some(Ok(0)) | Some(Err(_)) | None => return Ok(None),
-            Some(Ok(_)) => {
+        let read = async { Some(deadline(until, read_some(stream, buf)).await) };
+        let outcome = match (drain, was_empty) {
+            (Some(d), true) => {
+                smol::future::or(read, async {
+                    let _ = d.recv().await;
+                    None
+                })
+                .await
+            }
+            _ => read.await,
+        };
+        match outcome {
+            None | Some(None) | Some(Some(Ok(0))) | Some(Some(Err(_))) => return Ok(None),
+            Some(Some(Ok(_))) => {
                 if was_empty {
                     until = until.min(Instant::now() + HEADER_TIMEOUT);
                 }
@@ -238,14 +367,10 @@ async fn serve_one(
     buf: &mut Vec<u8>,
     head: http::Head,
     caller: Caller,
-    peer: SocketAddr,
+    ip: std::net::IpAddr,
     shared: &Shared,
 ) -> bool {
-    let limits = shared
-        .routes
-        .read()
-        .unwrap_or_else(|p| p.into_inner())
-        .limits(head.target.split('?').next().unwrap_or(""));
+    let limits = read(&shared.routes).limits(head.target.split('?').next().unwrap_or(""));
     let max_body = match limits {
         Some(l) if l.max_body > 0 => l.max_body,
         _ => IGNORED_BODY,
@@ -271,7 +396,7 @@ async fn serve_one(
     }
     let mut req = Request::new(head.method, &head.target).with_body(body);
     req.body_too_large = too_large;
-    req.peer = Some(peer.ip());
+    req.peer = Some(ip);
     let Some(resp) = shared.driver.call(caller, req).await else {
         return false;
     };
@@ -281,12 +406,20 @@ async fn serve_one(
         if write_response(stream, resp, false).await.is_err() {
             return false;
         }
-        while let Ok(line) = events.recv().await {
+        loop {
+            let next = smol::future::or(async { events.recv().await.ok() }, async {
+                let _ = shared.drain_signal.recv().await;
+                None
+            })
+            .await;
+            let Some(line) = next else { break };
             let chunk = format!("{:x}\r\n{line}\n\r\n", line.len() + 1);
             if stream.write_all(chunk.as_bytes()).await.is_err() || stream.flush().await.is_err() {
                 return false;
             }
         }
+        let _ = stream.write_all(b"0\r\n\r\n").await;
+        let _ = stream.flush().await;
         return false;
     }
     let ok = write_response(stream, resp, close).await.is_ok();

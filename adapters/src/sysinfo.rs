@@ -1,9 +1,21 @@
-//! Process facts for `/v1/status` and `/v1/metrics`, read from /proc.
+//! Process facts for `/v1/status` and `/v1/metrics`, read from /proc and the
+//! heap counters.
+
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use kes_core::metrics::SystemInfo;
 
+/// Live connection and request counts, kept by the connection tasks.
+#[derive(Debug, Default)]
+pub struct LiveCounters {
+    /// Open client connections.
+    pub connections: AtomicU64,
+    /// Requests read and not yet answered.
+    pub active: AtomicU64,
+}
+
 /// A fresh snapshot.
-pub fn read() -> SystemInfo {
+pub fn read(live: &LiveCounters) -> SystemInfo {
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get() as u64);
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
     let field = |name: &str| -> u64 {
@@ -13,6 +25,8 @@ pub fn read() -> SystemInfo {
             .and_then(|rest| rest.split_whitespace().next()?.parse::<u64>().ok())
             .unwrap_or(0)
     };
+    let rss = field("VmRSS:") * 1024;
+    let (heap_bytes, heap_objects) = crate::heap::live();
     SystemInfo {
         os: std::env::consts::OS.to_owned(),
         arch: match std::env::consts::ARCH {
@@ -23,8 +37,13 @@ pub fn read() -> SystemInfo {
         .to_owned(),
         num_cpu: cpus,
         num_cpu_used: cpus,
-        mem_heap_used: field("VmRSS:") * 1024,
+        // Without the counting allocator (library use), RSS is the best figure.
+        mem_heap_used: if heap_bytes > 0 { heap_bytes } else { rss },
         mem_stack_used: field("VmStk:") * 1024,
         num_threads: field("Threads:"),
+        mem_heap_objects: heap_objects,
+        mem_resident: rss,
+        open_connections: live.connections.load(Ordering::Relaxed),
+        active_requests: live.active.load(Ordering::Relaxed),
     }
 }

@@ -66,6 +66,15 @@ pub fn server_config(
     Ok(Arc::new(cfg))
 }
 
+/// A verifier that chain-checks client certificates against `ca` (or the
+/// system roots); used for certificates forwarded by TLS proxies.
+pub fn chain_verifier(ca: Option<&Path>) -> Result<Arc<dyn ClientCertVerifier>, String> {
+    let roots = load_roots(ca)?;
+    WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider())
+        .build()
+        .map_err(|e| format!("client CA configuration: {e}"))
+}
+
 /// The caller of a connection, from the peer's certificate chain.
 pub fn caller_of(certs: Option<&[CertificateDer<'_>]>) -> Caller {
     match certs {

@@ -1,8 +1,12 @@
 //! `kes`: the key server and its command-line client.
 
-#![forbid(unsafe_code)]
+#![deny(unsafe_code)]
 
+mod alloc;
 mod server;
+
+#[global_allocator]
+static ALLOC: alloc::Counting = alloc::Counting;
 
 use argh::FromArgs;
 

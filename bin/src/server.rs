@@ -45,6 +45,82 @@ pub fn run(cmd: ServerCmd) -> Result<(), String> {
         }
         return run_dev(cmd.addr.as_deref().unwrap_or("127.0.0.1:7373"));
     }
+    let loaded = load(&cmd)?;
+    for w in &loaded.config.warnings {
+        eprintln!("kes: warning: {w}");
+    }
+    let (store, store_label): (Arc<dyn KeyStore>, String) = match &loaded.config.keystore {
+        KeystoreConfig::Memory => {
+            (Arc::new(MemStore::default()), "in-memory (keys are lost on exit)".into())
+        }
+        KeystoreConfig::Fs { path } => {
+            let s = FsStore::open(path).map_err(|e| format!("keystore.fs.path '{path}': {e}"))?;
+            (Arc::new(s), format!("filesystem {path}"))
+        }
+    };
+    let admin = admin_label(&loaded.config);
+    let keystore = loaded.config.keystore.clone();
+    let running = start(ServerOptions {
+        config: loaded.config,
+        addr: loaded.addr,
+        tls: loaded.tls,
+        store,
+        threads: threads(),
+    })?;
+    eprintln!("kes: listening on https://{}", running.addr());
+    eprintln!("kes: admin identity: {admin}");
+    eprintln!("kes: key store: {store_label}");
+    serve_until_signal(running, |running| {
+        let loaded = load(&cmd)?;
+        if loaded.config.keystore != keystore {
+            eprintln!("kes: warning: key store changes take effect after a restart");
+        }
+        for w in &loaded.config.warnings {
+            eprintln!("kes: warning: {w}");
+        }
+        running.reload(loaded.config, Some(loaded.tls))
+    })
+}
+
+/// Runs until SIGINT/SIGTERM (graceful stop, exit 0); SIGHUP calls `reload`,
+/// and a failed reload keeps the running configuration.
+fn serve_until_signal(
+    running: kes_adapters::RunningServer,
+    reload: impl Fn(&kes_adapters::RunningServer) -> Result<(), String>,
+) -> Result<(), String> {
+    use async_signal::{Signal, Signals};
+    use smol::stream::StreamExt;
+    let mut signals = Signals::new([Signal::Hup, Signal::Term, Signal::Int])
+        .map_err(|e| format!("cannot install signal handlers: {e}"))?;
+    loop {
+        let Some(Ok(sig)) = smol::block_on(signals.next()) else { continue };
+        match sig {
+            Signal::Hup => match reload(&running) {
+                Ok(()) => eprintln!("kes: configuration reloaded"),
+                Err(e) => eprintln!("kes: reload failed, keeping the current configuration: {e}"),
+            },
+            _ => {
+                eprintln!("kes: shutting down: finishing in-flight requests");
+                if !running.shutdown(SHUTDOWN_GRACE) {
+                    eprintln!("kes: some connections were still busy after {SHUTDOWN_GRACE:?}");
+                }
+                return Ok(());
+            }
+        }
+    }
+}
+
+/// How long a graceful shutdown waits for in-flight requests.
+const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// A config file read, merged with flags and checked, plus its TLS setup.
+struct Loaded {
+    config: Config,
+    addr: SocketAddr,
+    tls: Arc<rustls::ServerConfig>,
+}
+
+fn load(cmd: &ServerCmd) -> Result<Loaded, String> {
     let mut config = match &cmd.config {
         Some(path) => {
             let text = std::fs::read_to_string(path)
@@ -57,11 +133,11 @@ pub fn run(cmd: ServerCmd) -> Result<(), String> {
     if let Some(root) = &cmd.root {
         config.admin = AdminSetting::from_text(root);
     }
-    if let Some(c) = cmd.cert {
-        config.tls.cert = Some(c);
+    if let Some(c) = &cmd.cert {
+        config.tls.cert = Some(c.clone());
     }
-    if let Some(k) = cmd.key {
-        config.tls.key = Some(k);
+    if let Some(k) = &cmd.key {
+        config.tls.key = Some(k.clone());
     }
     if let Some(a) = &cmd.auth {
         config.tls.auth = Some(match a.to_ascii_lowercase().as_str() {
@@ -70,16 +146,16 @@ pub fn run(cmd: ServerCmd) -> Result<(), String> {
             _ => return Err(format!("--auth: invalid value '{a}': use on or off")),
         });
     }
-    for w in &config.warnings {
-        eprintln!("kes: warning: {w}");
-    }
     if config.admin == AdminSetting::Unset {
         return Err(
             "no admin identity specified: set admin.identity in the config or use --root".into()
         );
     }
-    let addr_text =
-        cmd.addr.or_else(|| config.address.clone()).unwrap_or_else(|| "0.0.0.0:7373".into());
+    let addr_text = cmd
+        .addr
+        .clone()
+        .or_else(|| config.address.clone())
+        .unwrap_or_else(|| "0.0.0.0:7373".into());
     let addr = parse_addr(&addr_text)?;
     let cert = config
         .tls
@@ -90,33 +166,21 @@ pub fn run(cmd: ServerCmd) -> Result<(), String> {
         config.tls.key.clone().ok_or("no TLS private key specified: set tls.key or use --key")?;
     let auth =
         ClientAuth { verify: config.tls.auth.unwrap_or(false), required: !config.any_skip_auth() };
-    let tls_config = tls::server_config(
+    let tls = tls::server_config(
         Path::new(&cert),
         Path::new(&key),
         config.tls.password.as_deref(),
         auth,
         config.tls.ca.as_deref().map(Path::new),
     )?;
-    let (store, store_label): (Arc<dyn KeyStore>, String) = match &config.keystore {
-        KeystoreConfig::Memory => {
-            (Arc::new(MemStore::default()), "in-memory (keys are lost on exit)".into())
-        }
-        KeystoreConfig::Fs { path } => {
-            let s = FsStore::open(path).map_err(|e| format!("keystore.fs.path '{path}': {e}"))?;
-            (Arc::new(s), format!("filesystem {path}"))
-        }
-    };
-    let admin = match &config.admin {
+    Ok(Loaded { config, addr, tls })
+}
+
+fn admin_label(config: &Config) -> String {
+    match &config.admin {
         AdminSetting::Identity(id) => id.to_string(),
         AdminSetting::Disabled(_) | AdminSetting::Unset => "disabled".into(),
-    };
-    let running =
-        start(ServerOptions { config, addr, tls: tls_config, store, threads: threads() })?;
-    eprintln!("kes: listening on https://{}", running.addr());
-    eprintln!("kes: admin identity: {admin}");
-    eprintln!("kes: key store: {store_label}");
-    running.wait();
-    Ok(())
+    }
 }
 
 fn threads() -> usize {
@@ -200,8 +264,7 @@ fn run_dev(addr: &str) -> Result<(), String> {
         admin_cert_path.display(),
         admin_key_path.display()
     );
-    running.wait();
-    Ok(())
+    serve_until_signal(running, |_| Err("there is no config file to reload in --dev mode".into()))
 }
 
 fn write_private(path: &Path, text: &str) -> std::io::Result<()> {

@@ -216,3 +216,48 @@ fn identity_of_matches_the_server() {
         .unwrap();
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), id);
 }
+
+fn signal(child: &Child, sig: &str) {
+    let ok = Command::new("kill").args([sig, &child.id().to_string()]).status().unwrap().success();
+    assert!(ok, "kill {sig}");
+}
+
+/// SIGHUP re-reads the config: a new policy applies at once, a broken file is
+/// refused with a message and the running configuration stays. SIGTERM exits 0.
+#[test]
+fn sighup_reloads_and_sigterm_exits_cleanly() {
+    let dir = tempdir("hup");
+    cert(&dir, "server");
+    let admin = cert(&dir, "admin");
+    let app = cert(&dir, "app");
+    let config = |allow: &str| {
+        format!(
+            "address: 127.0.0.1:0\nadmin:\n  identity: {admin}\ntls:\n  key: server.key\n  cert: server.cert\npolicy:\n  app:\n    allow:\n    - {allow}\n    identities:\n    - {app}\n"
+        )
+    };
+    std::fs::write(dir.join("config.yml"), config("/v1/key/create/app-*")).unwrap();
+    let mut kes = Running::spawn(
+        Command::new(env!("CARGO_BIN_EXE_kes"))
+            .args(["server", "--config", "config.yml"])
+            .current_dir(&dir),
+    );
+    let url =
+        kes.wait_for("listening on").rsplit(' ').next().unwrap().replace("127.0.0.1", "localhost");
+    let ca = dir.join("server.cert");
+    assert_eq!(curl(&dir, "app", &ca, "POST", &format!("{url}/v1/key/create/other-1")), "403");
+
+    std::fs::write(dir.join("config.yml"), config("/v1/key/create/*")).unwrap();
+    signal(&kes.child, "-HUP");
+    kes.wait_for("configuration reloaded");
+    assert_eq!(curl(&dir, "app", &ca, "POST", &format!("{url}/v1/key/create/other-1")), "200");
+
+    std::fs::write(dir.join("config.yml"), "admin: [this is not\n").unwrap();
+    signal(&kes.child, "-HUP");
+    let line = kes.wait_for("reload failed");
+    assert!(line.contains("config.yml"), "{line}");
+    assert_eq!(curl(&dir, "app", &ca, "POST", &format!("{url}/v1/key/create/other-2")), "200");
+
+    signal(&kes.child, "-TERM");
+    let status = kes.child.wait().unwrap();
+    assert_eq!(status.code(), Some(0));
+}

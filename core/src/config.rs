@@ -77,7 +77,7 @@ impl AdminSetting {
 }
 
 /// The `tls` section.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct TlsConfig {
     /// Private key file.
     pub key: Option<String>,
@@ -93,6 +93,23 @@ pub struct TlsConfig {
     pub proxy_identities: Vec<Identity>,
     /// Header carrying the forwarded client certificate.
     pub proxy_header: String,
+}
+
+/// The header KES's sample config names for forwarded certificates.
+pub const DEFAULT_PROXY_HEADER: &str = "X-Tls-Client-Cert";
+
+impl Default for TlsConfig {
+    fn default() -> Self {
+        Self {
+            key: None,
+            cert: None,
+            password: None,
+            auth: None,
+            ca: None,
+            proxy_identities: Vec::new(),
+            proxy_header: DEFAULT_PROXY_HEADER.to_owned(),
+        }
+    }
 }
 
 /// An `api.<path>` entry.
@@ -590,7 +607,7 @@ impl Raw {
 
         let raw_tls = self.tls.unwrap_or_default();
         let mut proxy_identities = Vec::new();
-        let mut proxy_header = "X-Tls-Client-Cert".to_owned();
+        let mut proxy_header = DEFAULT_PROXY_HEADER.to_owned();
         if let Some(p) = raw_tls.proxy {
             for t in p.identities.unwrap_or_default() {
                 let s = t.0.trim();

@@ -106,6 +106,12 @@ pub enum IdentityError {
     TooMany,
     /// A certificate could not be parsed.
     Malformed,
+    /// A TLS proxy forwarded no client certificate header.
+    ProxyMissing,
+    /// A TLS proxy forwarded the certificate header more than once.
+    ProxyTooMany,
+    /// A forwarded certificate does not chain to a trusted CA (`tls.auth: on`).
+    Untrusted,
 }
 
 impl fmt::Display for IdentityError {
@@ -114,6 +120,9 @@ impl fmt::Display for IdentityError {
             Self::Missing => "tls: client certificate is required",
             Self::TooMany => "tls: received more than one client certificate",
             Self::Malformed => "invalid client certificate",
+            Self::ProxyMissing => "no client certificate is present",
+            Self::ProxyTooMany => "too many client certificates are present",
+            Self::Untrusted => "forwarded client certificate is not trusted",
         })
     }
 }

@@ -5,14 +5,49 @@ use std::fmt::Write as _;
 use std::time::Duration;
 
 const BUCKETS: [f64; 10] = [0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 1.5, 3.0, 5.0, 10.0];
+const STORE_BUCKETS: [f64; 10] = [0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0];
+
+/// A fixed-bucket histogram in seconds.
+#[derive(Clone, Debug, Default)]
+struct Histogram {
+    buckets: [u64; 10],
+    count: u64,
+    sum: f64,
+}
+
+impl Histogram {
+    fn observe(&mut self, bounds: &[f64; 10], d: Duration) {
+        let secs = d.as_secs_f64();
+        for (n, b) in self.buckets.iter_mut().zip(bounds) {
+            if secs <= *b {
+                *n += 1;
+            }
+        }
+        self.count += 1;
+        self.sum += secs;
+    }
+
+    fn render(&self, s: &mut String, name: &str, help: &str, bounds: &[f64; 10]) {
+        let _ = writeln!(s, "# HELP {name} {help}\n# TYPE {name} histogram");
+        for (b, n) in bounds.iter().zip(self.buckets) {
+            let _ = writeln!(s, "{name}_bucket{{le=\"{b}\"}} {n}");
+        }
+        let _ = writeln!(s, "{name}_bucket{{le=\"+Inf\"}} {}", self.count);
+        let _ = writeln!(s, "{name}_sum {}", self.sum);
+        let _ = writeln!(s, "{name}_count {}", self.count);
+    }
+}
 
 /// Counters the core keeps as it answers requests.
 #[derive(Clone, Debug, Default)]
 pub struct Metrics {
     by_code: BTreeMap<u16, u64>,
-    buckets: [u64; 10],
-    count: u64,
-    sum: f64,
+    response_time: Histogram,
+    store_latency: Histogram,
+    /// Key lookups answered from the cache.
+    pub cache_hits: u64,
+    /// Key lookups that went to the key store.
+    pub cache_misses: u64,
     /// Audit events produced.
     pub audit_events: u64,
     /// Error events produced.
@@ -36,20 +71,31 @@ pub struct SystemInfo {
     pub mem_stack_used: u64,
     /// Threads.
     pub num_threads: u64,
+    /// Live heap allocations.
+    pub mem_heap_objects: u64,
+    /// Resident set size in bytes.
+    pub mem_resident: u64,
+    /// Open client connections.
+    pub open_connections: u64,
+    /// Requests received and not yet answered.
+    pub active_requests: u64,
 }
 
 impl Metrics {
     /// Records one response.
     pub fn observe(&mut self, code: u16, elapsed: Duration) {
         *self.by_code.entry(code).or_default() += 1;
-        let secs = elapsed.as_secs_f64();
-        for (i, b) in BUCKETS.iter().enumerate() {
-            if secs <= *b {
-                self.buckets[i] += 1;
-            }
-        }
-        self.count += 1;
-        self.sum += secs;
+        self.response_time.observe(&BUCKETS, elapsed);
+    }
+
+    /// Records how long one key-store command took.
+    pub fn observe_store(&mut self, latency: Duration) {
+        self.store_latency.observe(&STORE_BUCKETS, latency);
+    }
+
+    /// How many requests were answered with `code`.
+    pub fn count(&self, code: u16) -> u64 {
+        self.by_code.get(&code).copied().unwrap_or(0)
     }
 
     /// Renders the Prometheus text exposition.
@@ -65,15 +111,51 @@ impl Metrics {
                 let _ = writeln!(s, "{name}{{code=\"{code}\"}} {n}");
             }
         }
-        let _ = writeln!(s, "# HELP kes_http_request_active Number of active requests that are not finished, yet.\n# TYPE kes_http_request_active gauge\nkes_http_request_active {active}");
-        let _ = writeln!(s, "# HELP kes_http_response_time Histogram of request response times spawning from start to end of request.\n# TYPE kes_http_response_time histogram");
-        for (b, n) in BUCKETS.iter().zip(self.buckets) {
-            let _ = writeln!(s, "kes_http_response_time_bucket{{le=\"{b}\"}} {n}");
-        }
-        let _ = writeln!(s, "kes_http_response_time_bucket{{le=\"+Inf\"}} {}", self.count);
-        let _ = writeln!(s, "kes_http_response_time_sum {}", self.sum);
-        let _ = writeln!(s, "kes_http_response_time_count {}", self.count);
-        let gauges: [(&str, &str, &str, String); 8] = [
+        let _ = writeln!(s, "# HELP kes_http_request_active Number of active requests that are not finished, yet.\n# TYPE kes_http_request_active gauge\nkes_http_request_active {}", sys.active_requests.max(active as u64));
+        self.response_time.render(
+            &mut s,
+            "kes_http_response_time",
+            "Histogram of request response times spawning from start to end of request.",
+            &BUCKETS,
+        );
+        self.store_latency.render(
+            &mut s,
+            "kes_keystore_latency_seconds",
+            "Histogram of key store command latencies.",
+            &STORE_BUCKETS,
+        );
+        let uptime_10ms = uptime.as_millis() / 10;
+        let gauges: [(&str, &str, &str, String); 13] = [
+            (
+                "kes_cache_hits",
+                "counter",
+                "Key lookups answered from the key cache.",
+                self.cache_hits.to_string(),
+            ),
+            (
+                "kes_cache_misses",
+                "counter",
+                "Key lookups that went to the key store.",
+                self.cache_misses.to_string(),
+            ),
+            (
+                "kes_http_connections_open",
+                "gauge",
+                "Open client connections.",
+                sys.open_connections.to_string(),
+            ),
+            (
+                "kes_system_mem_heap_objects",
+                "gauge",
+                "The number of allocated heap objects.",
+                sys.mem_heap_objects.to_string(),
+            ),
+            (
+                "kes_system_mem_resident",
+                "gauge",
+                "Resident memory of the process in bytes.",
+                sys.mem_resident.to_string(),
+            ),
             (
                 "kes_log_error_events",
                 "counter",
@@ -90,7 +172,7 @@ impl Metrics {
                 "kes_system_up_time",
                 "gauge",
                 "The time the server has been up and running in seconds.",
-                format!("{:.2}", uptime.as_secs_f64()),
+                format!("{}.{:02}", uptime_10ms / 100, uptime_10ms % 100),
             ),
             (
                 "kes_system_num_cpu",

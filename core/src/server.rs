@@ -124,6 +124,7 @@ pub struct Server {
     system: SystemInfo,
     audit_all: bool,
     next_command: u64,
+    issued: BTreeMap<CommandId, Instant>,
     inflight: BTreeMap<RequestId, InFlight>,
     fetches: BTreeMap<CommandId, KeyName>,
     fetching: BTreeMap<KeyName, Vec<(RequestId, KeyOp)>>,
@@ -151,6 +152,7 @@ impl Server {
             system: SystemInfo::default(),
             audit_all: true,
             next_command: 0,
+            issued: BTreeMap::new(),
             inflight: BTreeMap::new(),
             fetches: BTreeMap::new(),
             fetching: BTreeMap::new(),
@@ -171,7 +173,8 @@ impl Server {
                     let key = SecretKey::generate(rng, now.unix, created_by);
                     match keyfile::encode(&key) {
                         Ok(value) => {
-                            let id = server.command(Command::Create { name: name.clone(), value });
+                            let id =
+                                server.command(Command::Create { name: name.clone(), value }, now);
                             server.pending.insert(id, Pending::Declared(name));
                             server.declared_open += 1;
                         }
@@ -280,6 +283,9 @@ impl Server {
         now: Now,
         rng: &mut dyn CryptoRngCore,
     ) {
+        if let Some(at) = self.issued.remove(&id) {
+            self.metrics.observe_store(now.instant.saturating_duration_since(at));
+        }
         if let Err(StoreError::Unreachable(_)) = &result {
             self.cache.set_offline(true, now.instant);
         }
@@ -370,7 +376,7 @@ impl Server {
     /// Runs expiries and request timeouts that are due. Spurious calls are safe.
     pub fn handle_timeout(&mut self, now: Now) {
         if self.cache.handle_timeout(now.instant) == Tick::Probe {
-            let id = self.command(Command::Status);
+            let id = self.command(Command::Status, now);
             self.pending.insert(id, Pending::Probe);
         }
         let expired: Vec<RequestId> = self
@@ -417,6 +423,11 @@ impl Server {
     /// Requests waiting for the key store.
     pub fn in_flight(&self) -> usize {
         self.inflight.len()
+    }
+
+    /// The request and cache counters.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
     }
 
     // -- dispatch ----------------------------------------------------------
@@ -843,14 +854,15 @@ impl Server {
         cmd: Command,
         p: Pending,
     ) {
-        let cid = self.command(cmd);
+        let cid = self.command(cmd, ctx.arrived);
         self.pending.insert(cid, p);
         self.inflight.insert(id, InFlight { ctx: ctx.clone(), deadline });
     }
 
-    fn command(&mut self, cmd: Command) -> CommandId {
+    fn command(&mut self, cmd: Command, now: Now) -> CommandId {
         self.next_command += 1;
         let id = CommandId(self.next_command);
+        self.issued.insert(id, now.instant);
         self.commands.push_back((id, cmd));
         id
     }
@@ -869,14 +881,16 @@ impl Server {
         let format = self.compat.ciphertext;
         if let Some(key) = self.cache.get(name.as_str()) {
             let r = run_key_op(key, op, format, rng);
+            self.metrics.cache_hits += 1;
             self.finish_result(id, ctx, r, now);
             return;
         }
+        self.metrics.cache_misses += 1;
         self.inflight.insert(id, InFlight { ctx: ctx.clone(), deadline });
         let waiters = self.fetching.entry(name.clone()).or_default();
         waiters.push((id, op));
         if waiters.len() == 1 {
-            let cid = self.command(Command::Get { name: name.clone() });
+            let cid = self.command(Command::Get { name: name.clone() }, now);
             self.fetches.insert(cid, name);
         }
     }

@@ -4,5 +4,5 @@
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    let _ = kes_adapters::http::parse_head(data);
+    let _ = kes_adapters::http::parse_head(data, Some("X-Tls-Client-Cert"));
 });

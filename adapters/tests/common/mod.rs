@@ -280,3 +280,39 @@ pub fn admin_server(edit: impl FnOnce(&mut Config)) -> (Pki, Id, RunningServer, 
     let client = Client::new(&pki, Some(&admin), server.addr());
     (pki, admin, server, client)
 }
+
+/// Reads one chunk of a chunked (streaming) response body.
+pub fn read_chunk(s: &mut Tls) -> std::io::Result<String> {
+    let mut line = Vec::new();
+    let mut byte = [0u8; 1];
+    while !line.ends_with(b"\r\n") {
+        if s.read(&mut byte)? == 0 {
+            return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "stream ended"));
+        }
+        line.push(byte[0]);
+    }
+    let len = usize::from_str_radix(String::from_utf8_lossy(&line).trim(), 16).unwrap();
+    let mut data = vec![0u8; len + 2];
+    s.read_exact(&mut data)?;
+    data.truncate(len);
+    Ok(String::from_utf8(data).unwrap())
+}
+
+/// Reads the head of a streaming response (no Content-Length).
+pub fn read_stream_head(s: &mut Tls) -> std::io::Result<u16> {
+    let mut buf = Vec::new();
+    let mut byte = [0u8; 1];
+    while !buf.ends_with(b"\r\n\r\n") {
+        if s.read(&mut byte)? == 0 {
+            return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "closed"));
+        }
+        buf.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&buf);
+    Ok(head.split(' ').nth(1).unwrap().parse().unwrap())
+}
+
+/// A free loopback port (bound and released).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}

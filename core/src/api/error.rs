@@ -84,6 +84,7 @@ impl ApiError {
     pub fn status_and_message(&self) -> (StatusCode, String) {
         use StatusCode as S;
         let (status, msg): (StatusCode, &str) = match self {
+            Self::NoIdentity(e @ IdentityError::Untrusted) => return (S::FORBIDDEN, e.to_string()),
             Self::NoIdentity(e) => return (S::BAD_REQUEST, e.to_string()),
             Self::NotAllowed | Self::AdminOnly => {
                 (S::FORBIDDEN, "not authorized: insufficient permissions")
