@@ -85,3 +85,31 @@ impl LogHub {
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kes_core::event::ErrorEvent;
+
+    #[test]
+    fn slow_subscribers_skip_events_and_nobody_waits() {
+        let hub = LogHub::new(false, false);
+        let slow = hub.subscribe(LogStream::Error);
+        let fast = hub.subscribe(LogStream::Error);
+        let mut got = 0;
+        for i in 0..3 * QUEUE {
+            hub.publish(&Event::Error(ErrorEvent {
+                time: Default::default(),
+                message: format!("e{i}"),
+            }));
+            while fast.try_recv().is_ok() {
+                got += 1;
+            }
+        }
+        assert_eq!(got, 3 * QUEUE, "a reader that keeps up sees everything");
+        assert_eq!(slow.len(), QUEUE, "a stalled reader holds a bounded backlog");
+        drop(slow);
+        hub.publish(&Event::Error(ErrorEvent { time: Default::default(), message: "x".into() }));
+        assert_eq!(lock(&hub.error_subs).len(), 1, "closed subscribers are dropped");
+    }
+}

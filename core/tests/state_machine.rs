@@ -510,3 +510,24 @@ mod direct {
         assert!(s.startup_failures()[0].contains("'c'"));
     }
 }
+
+#[test]
+fn status_and_ready_follow_the_store() {
+    let mut h = start(Config::empty());
+    let r = call(&mut h, Method::GET, "/v1/ready", Value::Null);
+    assert_eq!(r.status, StatusCode::OK);
+    let r = call(&mut h, Method::GET, "/v1/status", Value::Null);
+    assert_eq!(json_of(&r)["keystore_latency"], 1);
+    h.store.unreachable = true;
+    let r = call(&mut h, Method::GET, "/v1/ready", Value::Null);
+    assert_eq!(r.status, StatusCode::GATEWAY_TIMEOUT);
+    assert_eq!(json_of(&r)["message"], "key store is not reachable");
+    let r = call(&mut h, Method::GET, "/v1/status", Value::Null);
+    assert_eq!(r.status, StatusCode::OK);
+    let v = json_of(&r);
+    assert_eq!(
+        (v["keystore_unreachable"].clone(), v["keystore_unavailable"].clone()),
+        (json!(true), json!(true))
+    );
+    assert!(v.get("keystore_latency").is_none());
+}
