@@ -54,30 +54,60 @@ impl Pattern {
 /// non-`/` character, `[...]` a class (`^` negates, `a-z` ranges), `\`
 /// escapes. Returns false for malformed patterns.
 pub fn glob_match(pattern: &str, name: &str) -> bool {
-    let p: Vec<char> = pattern.chars().collect();
-    let s: Vec<char> = name.chars().collect();
+    // Request paths and patterns are ASCII in practice: match bytes without
+    // allocating. Anything else takes the (equivalent) char path.
+    if pattern.is_ascii() && name.is_ascii() {
+        glob_match_units(pattern.as_bytes(), name.as_bytes(), b'/')
+    } else {
+        let p: Vec<char> = pattern.chars().collect();
+        let s: Vec<char> = name.chars().collect();
+        glob_match_units(&p, &s, '/')
+    }
+}
+
+/// A unit of text the matcher walks: a byte (ASCII fast path) or a char.
+trait Unit: Copy + PartialOrd + PartialEq {
+    fn is(self, c: char) -> bool;
+}
+
+impl Unit for u8 {
+    fn is(self, c: char) -> bool {
+        u32::from(self) == c as u32
+    }
+}
+
+impl Unit for char {
+    fn is(self, c: char) -> bool {
+        self == c
+    }
+}
+
+fn glob_match_units<T: Unit>(p: &[T], s: &[T], sep: T) -> bool {
     let (mut pi, mut si) = (0usize, 0usize);
     let mut star: Option<(usize, usize)> = None;
     loop {
         if let Some(&pc) = p.get(pi) {
-            if pc == '*' {
+            if pc.is('*') {
                 star = Some((pi + 1, si));
                 pi += 1;
                 continue;
             }
             if let Some(&sc) = s.get(si) {
-                let step = match pc {
-                    '?' => (sc != '/').then_some(1),
-                    '[' => match match_class(&p[pi..], sc) {
+                let step = if pc.is('?') {
+                    (sc != sep).then_some(1)
+                } else if pc.is('[') {
+                    match match_class(&p[pi..], sc) {
                         Some((true, used)) => Some(used),
                         Some((false, _)) => None,
                         None => return false,
-                    },
-                    '\\' => match p.get(pi + 1) {
+                    }
+                } else if pc.is('\\') {
+                    match p.get(pi + 1) {
                         Some(&lit) => (lit == sc).then_some(2),
                         None => return false,
-                    },
-                    lit => (lit == sc).then_some(1),
+                    }
+                } else {
+                    (pc == sc).then_some(1)
                 };
                 if let Some(used) = step {
                     pi += used;
@@ -90,7 +120,7 @@ pub fn glob_match(pattern: &str, name: &str) -> bool {
         }
         // Mismatch: let the last `*` swallow one more (non-`/`) character.
         match star {
-            Some((sp, ss)) if s.get(ss).is_some_and(|&c| c != '/') => {
+            Some((sp, ss)) if s.get(ss).is_some_and(|&c| c != sep) => {
                 star = Some((sp, ss + 1));
                 pi = sp;
                 si = ss + 1;
@@ -102,9 +132,9 @@ pub fn glob_match(pattern: &str, name: &str) -> bool {
 
 /// Matches a `[...]` class at the start of `p` against `c`. Returns whether it
 /// matched and how many pattern chars it spans, or None if malformed.
-fn match_class(p: &[char], c: char) -> Option<(bool, usize)> {
+fn match_class<T: Unit>(p: &[T], c: T) -> Option<(bool, usize)> {
     let mut i = 1;
-    let negated = p.get(i) == Some(&'^');
+    let negated = p.get(i).is_some_and(|u| u.is('^'));
     if negated {
         i += 1;
     }
@@ -112,14 +142,14 @@ fn match_class(p: &[char], c: char) -> Option<(bool, usize)> {
     let mut first = true;
     loop {
         let ch = *p.get(i)?;
-        if ch == ']' && !first {
+        if ch.is(']') && !first {
             i += 1;
             break;
         }
         first = false;
         let (lo, n) = class_char(p, i)?;
         i += n;
-        let hi = if p.get(i) == Some(&'-') {
+        let hi = if p.get(i).is_some_and(|u| u.is('-')) {
             let (hi, n) = class_char(p, i + 1)?;
             i += 1 + n;
             if hi < lo {
@@ -136,11 +166,14 @@ fn match_class(p: &[char], c: char) -> Option<(bool, usize)> {
     Some((matched != negated, i))
 }
 
-fn class_char(p: &[char], i: usize) -> Option<(char, usize)> {
-    match *p.get(i)? {
-        '-' | ']' => None,
-        '\\' => Some((*p.get(i + 1)?, 2)),
-        c => Some((c, 1)),
+fn class_char<T: Unit>(p: &[T], i: usize) -> Option<(T, usize)> {
+    let c = *p.get(i)?;
+    if c.is('-') || c.is(']') {
+        None
+    } else if c.is('\\') {
+        Some((*p.get(i + 1)?, 2))
+    } else {
+        Some((c, 1))
     }
 }
 
@@ -431,6 +464,13 @@ mod tests {
     proptest! {
         #[test]
         fn glob_agrees_with_reference(p in "[ab/*?]{0,8}", s in "[ab/]{0,8}") {
+            let pc: Vec<char> = p.chars().collect();
+            let sc: Vec<char> = s.chars().collect();
+            prop_assert_eq!(glob_match(&p, &s), reference(&pc, &sc));
+        }
+
+        #[test]
+        fn non_ascii_takes_the_char_path(p in "[aé/*?]{0,8}", s in "[aé/]{0,8}") {
             let pc: Vec<char> = p.chars().collect();
             let sc: Vec<char> = s.chars().collect();
             prop_assert_eq!(glob_match(&p, &s), reference(&pc, &sc));

@@ -444,7 +444,7 @@ impl Server {
         // Route on the raw path, then decode: an encoded `/` or `..` inside a
         // resource must fail name validation, never change the route.
         let (index, raw_resource) = match route::find(&req.path) {
-            RouteMatch::Found(i, rest) => (i, rest.to_owned()),
+            RouteMatch::Found(i, rest) => (i, rest),
             RouteMatch::Redirect(to) => {
                 let location = match &req.query {
                     Some(q) => format!("{to}?{q}"),
@@ -585,8 +585,8 @@ impl Server {
             }
             Op::KeyGenerate => {
                 let name = key(&resource)?;
-                let obj = object(&body)?;
-                let context = bytes(&obj, "context")?;
+                let [context] = fields(&body, ["context"])?;
+                let context = unb64(context)?;
                 self.with_key(
                     Parked { id, ctx, deadline },
                     name,
@@ -597,9 +597,9 @@ impl Server {
             }
             Op::KeyEncrypt => {
                 let name = key(&resource)?;
-                let obj = object(&body)?;
-                let plaintext = SecretBytes::new(bytes(&obj, "plaintext")?);
-                let context = bytes(&obj, "context")?;
+                let [plaintext, context] = fields(&body, ["plaintext", "context"])?;
+                let plaintext = SecretBytes::new(unb64(plaintext)?);
+                let context = unb64(context)?;
                 self.with_key(
                     Parked { id, ctx, deadline },
                     name,
@@ -610,9 +610,9 @@ impl Server {
             }
             Op::KeyDecrypt => {
                 let name = key(&resource)?;
-                let obj = object(&body)?;
-                let ciphertext = bytes(&obj, "ciphertext")?;
-                let context = bytes(&obj, "context")?;
+                let [ciphertext, context] = fields(&body, ["ciphertext", "context"])?;
+                let ciphertext = unb64(ciphertext)?;
+                let context = unb64(context)?;
                 self.with_key(
                     Parked { id, ctx, deadline },
                     name,
@@ -639,8 +639,8 @@ impl Server {
             }
             Op::KeyHmac => {
                 let name = key(&resource)?;
-                let obj = object(&body)?;
-                let message = bytes(&obj, "message")?;
+                let [message] = fields(&body, ["message"])?;
+                let message = unb64(message)?;
                 self.with_key(
                     Parked { id, ctx, deadline },
                     name,
@@ -791,7 +791,7 @@ impl Server {
             }
             Op::EnclaveCreate | Op::EnclaveDelete => {
                 if !valid_name(&resource) {
-                    return Err(ApiError::InvalidName(NameError::Key(resource)));
+                    return Err(ApiError::InvalidName(NameError::Key(resource.into_owned())));
                 }
                 return Err(ApiError::EnclaveUnsupported(if route.op == Op::EnclaveCreate {
                     "creating encalves is not supported"
@@ -1079,6 +1079,19 @@ fn insert_pattern_objects(v: &mut Map<String, Value>, p: &Policy, allow: &str, d
     if !p.deny.is_empty() {
         v.insert(deny.into(), obj(&p.deny));
     }
+}
+
+/// Reads string fields of a request body in one pass; any problem is a 400.
+fn fields<'a, const N: usize>(
+    body: &'a [u8],
+    names: [&str; N],
+) -> Result<[Option<std::borrow::Cow<'a, str>>; N], ApiError> {
+    wire::string_fields(body, names).map_err(|_| ApiError::InvalidBody)
+}
+
+/// Decodes a base64 field from [`fields`]; any problem is a 400.
+fn unb64(v: Option<std::borrow::Cow<'_, str>>) -> Result<Vec<u8>, ApiError> {
+    wire::b64_field(v.as_deref()).map_err(|_| ApiError::InvalidBody)
 }
 
 /// A base64 field of a request body; any decoding problem is a 400.

@@ -167,7 +167,14 @@ pub enum RouteMatch<'p> {
     NotFound,
 }
 
-/// Routes a percent-decoded path.
+impl RouteMatch<'_> {
+    /// Whether a route was found.
+    pub fn is_found(&self) -> bool {
+        matches!(self, Self::Found(..))
+    }
+}
+
+/// Routes a request path.
 pub fn find(path: &str) -> RouteMatch<'_> {
     let cleaned = clean_path(path);
     if cleaned != path {
@@ -221,9 +228,9 @@ fn clean_path(p: &str) -> String {
 }
 
 /// Percent-decodes a URL path. Invalid escapes are an error, as in Go.
-pub fn percent_decode(p: &str) -> Option<String> {
+pub fn percent_decode(p: &str) -> Option<std::borrow::Cow<'_, str>> {
     if !p.contains('%') {
-        return Some(p.to_owned());
+        return Some(std::borrow::Cow::Borrowed(p));
     }
     let b = p.as_bytes();
     let mut out = Vec::with_capacity(b.len());
@@ -238,7 +245,7 @@ pub fn percent_decode(p: &str) -> Option<String> {
             i += 1;
         }
     }
-    String::from_utf8(out).ok()
+    String::from_utf8(out).ok().map(std::borrow::Cow::Owned)
 }
 
 #[cfg(test)]

@@ -149,6 +149,85 @@ fn decode_b64(s: &str) -> Result<Vec<u8>, BadBody> {
     STANDARD.decode(s).map_err(|_| BadBody)
 }
 
+/// Reads the named string fields of a JSON object body in one pass, without
+/// building a `Value` tree: the hot path of generate/encrypt/decrypt/hmac.
+/// Names match case-insensitively and the last occurrence wins, as in Go's
+/// decoder; unknown fields are skipped; an empty body has no fields; bytes
+/// after the object are ignored. `null` counts as absent.
+pub fn string_fields<'a, const N: usize>(
+    body: &'a [u8],
+    names: [&str; N],
+) -> Result<[Option<std::borrow::Cow<'a, str>>; N], BadBody> {
+    use serde::de::Deserializer as _;
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(std::array::from_fn(|_| None));
+    }
+    let mut de = serde_json::Deserializer::from_slice(body);
+    de.deserialize_map(fields::ObjectVisitor { names }).map_err(|_| BadBody)
+}
+
+/// Decodes a base64 field read by [`string_fields`] (absent: empty).
+pub fn b64_field(v: Option<&str>) -> Result<Vec<u8>, BadBody> {
+    match v {
+        None => Ok(Vec::new()),
+        Some(s) => decode_b64(s),
+    }
+}
+
+mod fields {
+    use std::borrow::Cow;
+    use std::fmt;
+
+    use serde::de::{self, Deserialize, Deserializer, IgnoredAny, MapAccess, Visitor};
+
+    pub(super) struct ObjectVisitor<'n, const N: usize> {
+        pub names: [&'n str; N],
+    }
+
+    impl<'de, const N: usize> Visitor<'de> for ObjectVisitor<'_, N> {
+        type Value = [Option<Cow<'de, str>>; N];
+
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a JSON object")
+        }
+
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+            let mut out: Self::Value = std::array::from_fn(|_| None);
+            while let Some(Text(key)) = map.next_key::<Text<'de>>()? {
+                match self.names.iter().position(|n| n.eq_ignore_ascii_case(&key)) {
+                    Some(i) => out[i] = map.next_value::<Option<Text<'de>>>()?.map(|t| t.0),
+                    None => {
+                        map.next_value::<IgnoredAny>()?;
+                    }
+                }
+            }
+            Ok(out)
+        }
+    }
+
+    /// A JSON string, borrowed from the input when it has no escapes.
+    struct Text<'a>(Cow<'a, str>);
+
+    impl<'de> Deserialize<'de> for Text<'de> {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            struct V;
+            impl<'de> Visitor<'de> for V {
+                type Value = Text<'de>;
+                fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                    f.write_str("a string")
+                }
+                fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Text<'de>, E> {
+                    Ok(Text(Cow::Borrowed(v)))
+                }
+                fn visit_str<E: de::Error>(self, v: &str) -> Result<Text<'de>, E> {
+                    Ok(Text(Cow::Owned(v.to_owned())))
+                }
+            }
+            d.deserialize_str(V)
+        }
+    }
+}
+
 /// Standard base64 with padding.
 pub fn b64(bytes: &[u8]) -> String {
     STANDARD.encode(bytes)
@@ -157,6 +236,19 @@ pub fn b64(bytes: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn one_pass_fields_agree_with_the_value_path() {
+        let body = br#"{"Context":"aGk=","x":{"deep":[1,2]},"plaintext":null} trailing"#;
+        let [ctx, pt, missing] = string_fields(body, ["context", "plaintext", "nope"]).unwrap();
+        assert_eq!(b64_field(ctx.as_deref()).unwrap(), b"hi");
+        assert!(pt.is_none() && missing.is_none());
+        assert!(string_fields(b"[1]", ["a"]).is_err());
+        assert!(string_fields(br#"{"a":1}"#, ["a"]).is_err(), "a number is not bytes");
+        assert!(string_fields(b"  ", ["a"]).unwrap()[0].is_none());
+        let [last] = string_fields(br#"{"a":"eA==","A":"eQ=="}"#, ["a"]).unwrap();
+        assert_eq!(last.as_deref(), Some("eQ=="), "the last occurrence wins, as in Go");
+    }
 
     #[test]
     fn go_style_decoding() {

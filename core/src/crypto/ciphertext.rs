@@ -94,21 +94,22 @@ fn decode_raw(c: &[u8]) -> Option<Parsed<'_>> {
 }
 
 fn decode_json(c: &[u8]) -> Option<Parsed<'static>> {
-    let value: serde_json::Value = serde_json::from_slice(c).ok()?;
-    let obj = value.as_object()?;
-    let field = |name: &str| crate::api::wire::field_ci(obj, name).and_then(|v| v.as_str());
-    let algorithm = match field("aead")? {
+    let [aead, iv, nonce, bytes] =
+        crate::api::wire::string_fields(c, ["aead", "iv", "nonce", "bytes"]).ok()?;
+    let algorithm = match aead.as_deref()? {
         "AES-256-GCM-HMAC-SHA-256" => Algorithm::Aes256,
         "ChaCha20Poly1305" => Algorithm::ChaCha20,
         _ => return None,
     };
-    let iv = STANDARD.decode(field("iv")?).ok()?;
-    let nonce = STANDARD.decode(field("nonce")?).ok()?;
-    let sealed = STANDARD.decode(field("bytes").unwrap_or("")).ok()?;
+    let mut iv_buf = [0u8; 16];
+    let mut nonce_buf = [0u8; 12];
+    (STANDARD.decode_slice(iv.as_deref()?, &mut iv_buf).ok()? == 16).then_some(())?;
+    (STANDARD.decode_slice(nonce.as_deref()?, &mut nonce_buf).ok()? == 12).then_some(())?;
+    let sealed = STANDARD.decode(bytes.as_deref().unwrap_or("")).ok()?;
     Some(Parsed {
         algorithm: Some(algorithm),
-        iv: iv.try_into().ok()?,
-        nonce: nonce.try_into().ok()?,
+        iv: iv_buf,
+        nonce: nonce_buf,
         sealed: Cow::Owned(sealed),
     })
 }
