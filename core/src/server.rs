@@ -467,7 +467,7 @@ impl Server {
             }
         };
         let path = percent_decode(&req.path).ok_or(ApiError::BadPath)?;
-        let resource = percent_decode(&raw_resource).ok_or(ApiError::BadPath)?;
+        let resource = percent_decode(raw_resource).ok_or(ApiError::BadPath)?;
         let route = &ROUTES[index];
         if !route.accepts(&req.method) {
             return Err(ApiError::MethodNotAllowed {
