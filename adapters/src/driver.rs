@@ -5,11 +5,11 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
 
+use crate::rng::FastRng;
 use kes_core::{
     Caller, Command, CommandId, Config, Request, RequestId, Response, Server, StoreError,
     StoreReply,
 };
-use rand_core::OsRng;
 use smol::channel::{Receiver, Sender};
 
 use crate::clock;
@@ -50,6 +50,17 @@ impl DriverHandle {
         rx.recv().await.ok()
     }
 
+    /// Like [`Self::call`], answering on a connection's reusable channel.
+    pub async fn call_with(
+        &self,
+        reply: &(Sender<Response>, Receiver<Response>),
+        caller: Caller,
+        req: Request,
+    ) -> Option<Response> {
+        self.tx.send(Input::Request { caller, req, reply: reply.0.clone() }).await.ok()?;
+        reply.1.recv().await.ok()
+    }
+
     /// Sends any input.
     pub fn send(&self, input: Input) {
         let _ = self.tx.try_send(input);
@@ -59,7 +70,7 @@ impl DriverHandle {
 /// Runs the startup phase synchronously: declared keys are created before
 /// anything is served. Returns the failures, if any.
 pub fn run_startup(server: &mut Server, store: &dyn KeyStore, hub: &LogHub) -> Result<(), String> {
-    let mut rng = OsRng;
+    let mut rng = FastRng::new();
     while server.starting() {
         let Some((id, cmd)) = server.poll_command() else {
             break;
@@ -104,7 +115,7 @@ async fn run(
     rx: Receiver<Input>,
     tx: Sender<Input>,
 ) {
-    let mut rng = OsRng;
+    let mut rng = FastRng::new();
     let mut replies: HashMap<RequestId, Sender<Response>> = HashMap::new();
     let mut next_id = 0u64;
     let mut timer = async_io::Timer::never();
@@ -161,7 +172,7 @@ fn drain(
     hub: &LogHub,
     replies: &mut HashMap<RequestId, Sender<Response>>,
     tx: &Sender<Input>,
-    rng: &mut OsRng,
+    rng: &mut FastRng,
 ) {
     loop {
         let mut progress = false;
@@ -192,7 +203,7 @@ fn execute(
     id: CommandId,
     cmd: Command,
     tx: &Sender<Input>,
-    rng: &mut OsRng,
+    rng: &mut FastRng,
 ) {
     if store.blocks() {
         let store = store.clone();

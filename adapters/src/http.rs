@@ -1,7 +1,7 @@
 //! HTTP/1.1 framing: request heads in (httparse), response heads out.
 //! Pure functions over bytes, so they can be fuzzed without sockets.
 
-use std::fmt::Write as _;
+use std::io::Write as _;
 
 use http::Method;
 use kes_core::Response;
@@ -104,28 +104,26 @@ pub fn parse_head(
     Ok(Some((Head { method, target, content_length, close, forwarded_cert, forwarded_for }, n)))
 }
 
-/// The head of a complete response.
-pub fn response_head(resp: &Response, close: bool) -> String {
-    let mut s = String::with_capacity(160);
+/// Appends the head of a response to `out`.
+pub fn write_head(out: &mut Vec<u8>, resp: &Response, close: bool) {
     let _ = write!(
-        s,
+        out,
         "HTTP/1.1 {} {}\r\n",
         resp.status.as_u16(),
         resp.status.canonical_reason().unwrap_or("")
     );
     for (k, v) in &resp.headers {
-        let _ = write!(s, "{k}: {v}\r\n");
+        let _ = write!(out, "{k}: {v}\r\n");
     }
     if resp.stream.is_some() {
-        s.push_str("Transfer-Encoding: chunked\r\n");
+        out.extend_from_slice(b"Transfer-Encoding: chunked\r\n");
     } else {
-        let _ = write!(s, "Content-Length: {}\r\n", resp.body.len());
+        let _ = write!(out, "Content-Length: {}\r\n", resp.body.len());
     }
     if close {
-        s.push_str("Connection: close\r\n");
+        out.extend_from_slice(b"Connection: close\r\n");
     }
-    s.push_str("\r\n");
-    s
+    out.extend_from_slice(b"\r\n");
 }
 
 /// A simple error response for framing failures (before the core sees anything).

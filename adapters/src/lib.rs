@@ -13,6 +13,7 @@ pub mod heap;
 pub mod http;
 pub mod log;
 pub mod proxy;
+pub mod rng;
 pub mod serve;
 pub mod store;
 pub mod sysinfo;

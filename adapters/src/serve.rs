@@ -263,15 +263,14 @@ async fn connection(tcp: Async<TcpStream>, peer: SocketAddr, shared: &Shared) {
         None => return,
     };
     let caller = tls::caller_of(stream.get_ref().1.peer_certificates());
-    // Request bytes include plaintexts: the buffer is wiped (whole capacity) on drop.
-    let mut buf = zeroize::Zeroizing::new(Vec::<u8>::with_capacity(4096));
+    let mut inbox = Inbox::new();
     let mut served = 0u64;
     loop {
         // When draining, a connection that has served requests closes between
         // them; a fresh one still gets its first request (bounded by the
         // header timeout), so clients that just connected do not fail.
         let idle_ok = served == 0 || !shared.draining.load(Ordering::SeqCst);
-        if !idle_ok && buf.is_empty() {
+        if !idle_ok && inbox.data.is_empty() {
             return;
         }
         let head_deadline =
@@ -281,7 +280,7 @@ async fn connection(tcp: Async<TcpStream>, peer: SocketAddr, shared: &Shared) {
         let interruptible = served > 0;
         let head = match read_head(
             &mut stream,
-            &mut buf,
+            &mut inbox,
             head_deadline,
             header,
             interruptible.then_some(&shared.drain_signal),
@@ -292,7 +291,7 @@ async fn connection(tcp: Async<TcpStream>, peer: SocketAddr, shared: &Shared) {
             Ok(None) => return,
             Err(e) => {
                 let resp = http::framing_error(&e);
-                let _ = write_response(&mut stream, resp, true).await;
+                let _ = write_response(&mut stream, resp, true, &mut inbox.out).await;
                 return;
             }
         };
@@ -302,9 +301,9 @@ async fn connection(tcp: Async<TcpStream>, peer: SocketAddr, shared: &Shared) {
             None => (caller, peer.ip()),
         };
         shared.live.active.fetch_add(1, Ordering::Relaxed);
-        let keep = serve_one(&mut stream, &mut buf, head, caller, ip, shared).await;
+        let keep = serve_one(&mut stream, &mut inbox, head, caller, ip, shared).await;
         shared.live.active.fetch_sub(1, Ordering::Relaxed);
-        if !keep || shared.draining.load(Ordering::SeqCst) && buf.is_empty() {
+        if !keep || shared.draining.load(Ordering::SeqCst) && inbox.data.is_empty() {
             let _ = stream.close().await;
             return;
         }
@@ -315,21 +314,22 @@ async fn connection(tcp: Async<TcpStream>, peer: SocketAddr, shared: &Shared) {
 /// server is draining and no request had started.
 async fn read_head(
     stream: &mut Stream,
-    buf: &mut Vec<u8>,
+    inbox: &mut Inbox,
     idle_deadline: Instant,
     proxy_header: Option<&str>,
     drain: Option<&smol::channel::Receiver<()>>,
 ) -> Result<Option<http::Head>, HeadError> {
-    let mut until = if buf.is_empty() { idle_deadline } else { Instant::now() + HEADER_TIMEOUT };
+    let mut until =
+        if inbox.data.is_empty() { idle_deadline } else { Instant::now() + HEADER_TIMEOUT };
     loop {
-        if !buf.is_empty() {
-            if let Some((head, n)) = http::parse_head(buf, proxy_header)? {
-                buf.drain(..n);
+        if !inbox.data.is_empty() {
+            if let Some((head, n)) = http::parse_head(&inbox.data, proxy_header)? {
+                inbox.data.drain(..n);
                 return Ok(Some(head));
             }
         }
-        let was_empty = buf.is_empty();
-        let read = async { Some(deadline(until, read_some(stream, buf)).await) };
+        let was_empty = inbox.data.is_empty();
+        let read = async { Some(deadline(until, read_some(stream, inbox)).await) };
         let outcome = match (drain, was_empty) {
             (Some(d), true) => {
                 smol::future::or(read, async {
@@ -351,20 +351,38 @@ async fn read_head(
     }
 }
 
-/// Reads straight into the connection's buffer (no stack copy of secrets).
-async fn read_some(stream: &mut Stream, buf: &mut Vec<u8>) -> std::io::Result<usize> {
-    const CHUNK: usize = 16 * 1024;
-    let len = buf.len();
-    buf.resize(len + CHUNK, 0);
-    let r = stream.read(&mut buf[len..]).await;
-    buf.truncate(len + *r.as_ref().unwrap_or(&0));
-    r
+/// A connection's buffers, reused for every request on it: unparsed input,
+/// the read buffer, the output buffer, and the channel the driver answers on.
+/// The byte buffers hold plaintexts and data keys, so they are wiped.
+struct Inbox {
+    data: zeroize::Zeroizing<Vec<u8>>,
+    scratch: zeroize::Zeroizing<Vec<u8>>,
+    out: zeroize::Zeroizing<Vec<u8>>,
+    reply: (smol::channel::Sender<kes_core::Response>, smol::channel::Receiver<kes_core::Response>),
+}
+
+impl Inbox {
+    fn new() -> Self {
+        Self {
+            data: zeroize::Zeroizing::new(Vec::with_capacity(4096)),
+            scratch: zeroize::Zeroizing::new(vec![0u8; 16 * 1024]),
+            out: zeroize::Zeroizing::new(Vec::with_capacity(1024)),
+            reply: smol::channel::bounded(1),
+        }
+    }
+}
+
+/// Reads once from the stream and appends what arrived.
+async fn read_some(stream: &mut Stream, inbox: &mut Inbox) -> std::io::Result<usize> {
+    let n = stream.read(&mut inbox.scratch).await?;
+    inbox.data.extend_from_slice(&inbox.scratch[..n]);
+    Ok(n)
 }
 
 /// Serves one request; false means close the connection.
 async fn serve_one(
     stream: &mut Stream,
-    buf: &mut Vec<u8>,
+    inbox: &mut Inbox,
     head: http::Head,
     caller: Caller,
     ip: std::net::IpAddr,
@@ -380,16 +398,16 @@ async fn serve_one(
     if !too_large && head.content_length > 0 {
         let timeout = limits.map(|l| l.timeout).filter(|t| !t.is_zero()).unwrap_or(BODY_TIMEOUT);
         let until = Instant::now() + timeout;
-        while buf.len() < head.content_length {
-            match deadline(until, read_some(stream, buf)).await {
+        while inbox.data.len() < head.content_length {
+            match deadline(until, read_some(stream, inbox)).await {
                 Some(Ok(n)) if n > 0 => {}
                 _ => return false,
             }
         }
-        body = buf[..head.content_length].to_vec();
+        body = inbox.data[..head.content_length].to_vec();
         // Wipe the consumed bytes before shifting the rest down.
-        zeroize::Zeroize::zeroize(&mut buf[..head.content_length]);
-        buf.drain(..head.content_length);
+        zeroize::Zeroize::zeroize(&mut inbox.data[..head.content_length]);
+        inbox.data.drain(..head.content_length);
         if limits.is_some_and(|l| l.max_body == 0) {
             body.clear(); // routes without a body ignore it
         }
@@ -397,13 +415,13 @@ async fn serve_one(
     let mut req = Request::new(head.method, &head.target).with_body(body);
     req.body_too_large = too_large;
     req.peer = Some(ip);
-    let Some(resp) = shared.driver.call(caller, req).await else {
+    let Some(resp) = shared.driver.call_with(&inbox.reply, caller, req).await else {
         return false;
     };
     let close = head.close || too_large;
     if let Some(which) = resp.stream {
         let events = shared.hub.subscribe(which);
-        if write_response(stream, resp, false).await.is_err() {
+        if write_response(stream, resp, false, &mut inbox.out).await.is_err() {
             return false;
         }
         loop {
@@ -422,9 +440,9 @@ async fn serve_one(
         let _ = stream.flush().await;
         return false;
     }
-    let ok = write_response(stream, resp, close).await.is_ok();
+    let ok = write_response(stream, resp, close, &mut inbox.out).await.is_ok();
     if ok && too_large {
-        drain_body(stream, buf, head.content_length).await;
+        drain_body(stream, inbox, head.content_length).await;
     }
     ok && !close
 }
@@ -432,16 +450,16 @@ async fn serve_one(
 /// Reads and discards a refused body (bounded in size and time) before the
 /// connection closes, so a client still writing it gets to read the 413
 /// instead of a broken pipe.
-async fn drain_body(stream: &mut Stream, buf: &mut Vec<u8>, declared: usize) {
+async fn drain_body(stream: &mut Stream, inbox: &mut Inbox, declared: usize) {
     const MAX_DRAIN: usize = 8 << 20;
-    let mut left = declared.min(MAX_DRAIN).saturating_sub(buf.len());
-    buf.clear();
+    let mut left = declared.min(MAX_DRAIN).saturating_sub(inbox.data.len());
+    inbox.data.clear();
     let until = Instant::now() + Duration::from_secs(2);
     while left > 0 {
-        match deadline(until, read_some(stream, buf)).await {
+        match deadline(until, read_some(stream, inbox)).await {
             Some(Ok(n)) if n > 0 => {
                 left = left.saturating_sub(n);
-                buf.clear();
+                inbox.data.clear();
             }
             _ => return,
         }
@@ -452,18 +470,19 @@ async fn write_response(
     stream: &mut Stream,
     mut resp: kes_core::Response,
     close: bool,
+    out: &mut Vec<u8>,
 ) -> std::io::Result<()> {
-    let head = http::response_head(&resp, close);
-    let mut out = Vec::with_capacity(head.len() + resp.body.len());
-    out.extend_from_slice(head.as_bytes());
+    out.clear();
+    http::write_head(out, &resp, close);
     out.extend_from_slice(&resp.body);
     let r = async {
-        stream.write_all(&out).await?;
+        stream.write_all(out).await?;
         stream.flush().await
     }
     .await;
     // Bodies may carry data keys or plaintexts: wipe both copies.
-    zeroize::Zeroize::zeroize(&mut out);
+    zeroize::Zeroize::zeroize(out.as_mut_slice());
+    out.clear();
     zeroize::Zeroize::zeroize(&mut resp.body);
     r
 }

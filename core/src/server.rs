@@ -451,7 +451,7 @@ impl Server {
                     None => to,
                 };
                 let mut r = Response::empty(StatusCode::MOVED_PERMANENTLY);
-                r.headers.push(("Location", location));
+                r.headers.push(("Location", location.into()));
                 self.finish(id, ctx, r, now);
                 return Ok(());
             }
@@ -461,7 +461,7 @@ impl Server {
                     "text/plain; charset=utf-8",
                     b"404 page not found\n".to_vec(),
                 );
-                r.headers.push(("X-Content-Type-Options", "nosniff".to_owned()));
+                r.headers.push(("X-Content-Type-Options", "nosniff".into()));
                 self.finish(id, ctx, r, now);
                 return Ok(());
             }
@@ -575,16 +575,17 @@ impl Server {
             }
             Op::KeyDescribe => {
                 let name = key(&resource)?;
+                let lookup = name.as_str().to_owned();
                 self.with_key(
                     Parked { id, ctx, deadline },
-                    name.clone(),
+                    &lookup,
                     KeyOp::Describe(name),
                     now,
                     rng,
                 );
             }
             Op::KeyGenerate => {
-                let name = key(&resource)?;
+                let name = key_ref(&resource)?;
                 let [context] = fields(&body, ["context"])?;
                 let context = unb64(context)?;
                 self.with_key(
@@ -596,7 +597,7 @@ impl Server {
                 );
             }
             Op::KeyEncrypt => {
-                let name = key(&resource)?;
+                let name = key_ref(&resource)?;
                 let [plaintext, context] = fields(&body, ["plaintext", "context"])?;
                 let plaintext = SecretBytes::new(unb64(plaintext)?);
                 let context = unb64(context)?;
@@ -609,7 +610,7 @@ impl Server {
                 );
             }
             Op::KeyDecrypt => {
-                let name = key(&resource)?;
+                let name = key_ref(&resource)?;
                 let [ciphertext, context] = fields(&body, ["ciphertext", "context"])?;
                 let ciphertext = unb64(ciphertext)?;
                 let context = unb64(context)?;
@@ -622,7 +623,7 @@ impl Server {
                 );
             }
             Op::KeyBulkDecrypt => {
-                let name = key(&resource)?;
+                let name = key_ref(&resource)?;
                 let items: Vec<Value> =
                     serde_json::from_slice(&body).map_err(|_| ApiError::InvalidBody)?;
                 if items.len() > MAX_BULK {
@@ -638,7 +639,7 @@ impl Server {
                 self.with_key(Parked { id, ctx, deadline }, name, KeyOp::Bulk(list), now, rng);
             }
             Op::KeyHmac => {
-                let name = key(&resource)?;
+                let name = key_ref(&resource)?;
                 let [message] = fields(&body, ["message"])?;
                 let message = unb64(message)?;
                 self.with_key(
@@ -869,23 +870,29 @@ impl Server {
 
     /// Runs `op` with the named key now if cached, else parks the request
     /// and fetches the key (once, however many requests wait for it).
+    /// `name` is validated already; a `KeyName` is only built on a miss, so a
+    /// cache hit allocates nothing for the name.
     fn with_key(
         &mut self,
         parked: Parked<'_>,
-        name: KeyName,
+        name: &str,
         op: KeyOp,
         now: Now,
         rng: &mut dyn CryptoRngCore,
     ) {
         let Parked { id, ctx, deadline } = parked;
         let format = self.compat.ciphertext;
-        if let Some(key) = self.cache.get(name.as_str()) {
+        if let Some(key) = self.cache.get(name) {
             let r = run_key_op(key, op, format, rng);
             self.metrics.cache_hits += 1;
             self.finish_result(id, ctx, r, now);
             return;
         }
         self.metrics.cache_misses += 1;
+        let name = match KeyName::parse(name) {
+            Ok(n) => n,
+            Err(e) => return self.finish_result(id, ctx, Err(ApiError::InvalidName(e)), now),
+        };
         self.inflight.insert(id, InFlight { ctx: ctx.clone(), deadline });
         let waiters = self.fetching.entry(name.clone()).or_default();
         waiters.push((id, op));
@@ -1060,7 +1067,7 @@ impl Server {
             insert_pattern_objects(&mut v, p, "allow", "deny");
         }
         let mut r = Response::json(&Value::Object(v));
-        r.headers = vec![("Content-Type", JSON.to_owned())];
+        r.headers = vec![("Content-Type", JSON.into())];
         Ok(r)
     }
 }
@@ -1097,6 +1104,15 @@ fn unb64(v: Option<std::borrow::Cow<'_, str>>) -> Result<Vec<u8>, ApiError> {
 /// A base64 field of a request body; any decoding problem is a 400.
 fn bytes(obj: &Map<String, Value>, name: &str) -> Result<Vec<u8>, ApiError> {
     wire::bytes_field(obj, name).map_err(|_| ApiError::InvalidBody)
+}
+
+/// Validates a key name without allocating (the cached-key hot path).
+fn key_ref(r: &str) -> Result<&str, ApiError> {
+    if valid_name(r) {
+        Ok(r)
+    } else {
+        Err(ApiError::InvalidName(NameError::Key(r.to_owned())))
+    }
 }
 
 fn policy_name(r: &str) -> Result<String, ApiError> {

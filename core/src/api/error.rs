@@ -139,7 +139,7 @@ impl ApiError {
         let (status, msg) = self.status_and_message();
         let mut r = Response::error(status, &msg);
         if let Self::MethodNotAllowed { want, .. } = self {
-            r.headers.push(("Accept", (*want).to_owned()));
+            r.headers.push(("Accept", (*want).into()));
         }
         r
     }

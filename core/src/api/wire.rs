@@ -57,7 +57,7 @@ pub struct Response {
     /// Status code.
     pub status: StatusCode,
     /// Headers besides Content-Length (Content-Type, Location, Accept, ...).
-    pub headers: Vec<(&'static str, String)>,
+    pub headers: Vec<(&'static str, std::borrow::Cow<'static, str>)>,
     /// The body; may hold secrets (data keys), so adapters drop it promptly.
     pub body: Vec<u8>,
     /// Set for log streams: after the head, the adapter streams events.
@@ -72,7 +72,7 @@ impl Response {
     pub fn with(status: StatusCode, content_type: &'static str, body: Vec<u8>) -> Self {
         Self {
             status,
-            headers: vec![("Content-Type", content_type.to_owned())],
+            headers: vec![("Content-Type", std::borrow::Cow::Borrowed(content_type))],
             body,
             stream: None,
         }
@@ -96,7 +96,7 @@ impl Response {
 
     /// The value of a header, if set.
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+        self.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_ref())
     }
 }
 

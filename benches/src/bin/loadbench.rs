@@ -1,0 +1,423 @@
+//! End-to-end load benchmark: `kes server` (release build, fs key store)
+//! against nginx serving a fixed JSON body over the same mTLS setup, both
+//! driven by oha. Prints a table and writes target/loadbench/results.json.
+//!
+//! Run: `cargo run --release -p kes-benches --bin loadbench`
+//! Needs: oha (`cargo install oha --version 1.16.0 --locked`), nginx, curl.
+//! Env: LOADBENCH_SECS (default 10) per scenario, LOADBENCH_CONNS (default 64).
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+struct Proc {
+    child: Child,
+}
+
+impl Drop for Proc {
+    /// SIGTERM, not SIGKILL: nginx's master then stops its workers too.
+    fn drop(&mut self) {
+        let _ = Command::new("kill").arg(self.child.id().to_string()).status();
+        let _ = self.child.wait();
+    }
+}
+
+fn main() {
+    if let Err(e) = run() {
+        eprintln!("loadbench: {e}");
+        std::process::exit(1);
+    }
+}
+
+fn run() -> Result<(), String> {
+    let secs: u64 = std::env::var("LOADBENCH_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(10);
+    let conns: u32 =
+        std::env::var("LOADBENCH_CONNS").ok().and_then(|s| s.parse().ok()).unwrap_or(64);
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let work = root.join("target/loadbench");
+    let _ = std::fs::remove_dir_all(&work);
+    std::fs::create_dir_all(work.join("keys")).map_err(|e| e.to_string())?;
+    std::fs::create_dir_all(work.join("nginx-tmp")).map_err(|e| e.to_string())?;
+    for tool in ["oha", "nginx", "curl"] {
+        if which(tool).is_none() {
+            return Err(format!("'{tool}' not found (oha: cargo install oha --version 1.16.0 --locked; nginx: apt-get install nginx-light)"));
+        }
+    }
+
+    eprintln!("loadbench: building the release binary");
+    let ok = Command::new(env!("CARGO"))
+        .args(["build", "--release", "-p", "kes"])
+        .current_dir(&root)
+        .status();
+    if !ok.map(|s| s.success()).unwrap_or(false) {
+        return Err("cargo build --release -p kes failed".into());
+    }
+    let kes_bin = root.join("target/release/kes");
+    let threads = std::env::var("KES_THREADS").unwrap_or_default();
+
+    let pki = Pki::new(&work)?;
+    let kes_port = free_port();
+    let config = format!(
+        "address: 127.0.0.1:{kes_port}\nadmin:\n  identity: {}\ntls:\n  key: {}\n  cert: {}\nlog:\n  error: on\n  audit: off\nkeystore:\n  fs:\n    path: {}\n",
+        pki.client_identity,
+        pki.server_key.display(),
+        pki.server_cert.display(),
+        work.join("keys").display()
+    );
+    std::fs::write(work.join("kes.yml"), config).map_err(|e| e.to_string())?;
+    let mut kes = Command::new(&kes_bin)
+        .args(["server", "--config"])
+        .arg(work.join("kes.yml"))
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .map_err(|e| format!("{}: {e}", kes_bin.display()))?;
+    let stderr = kes.stderr.take().ok_or("no stderr")?;
+    let kes = Proc { child: kes };
+    let mut lines = BufReader::new(stderr).lines();
+    loop {
+        let line = lines.next().ok_or("kes exited before listening")?.map_err(|e| e.to_string())?;
+        if line.contains("listening on") {
+            break;
+        }
+    }
+    std::thread::spawn(move || for _ in lines {});
+    let kes_url = format!("https://127.0.0.1:{kes_port}");
+    let curl = |method: &str, path: &str, body: &str| -> Result<String, String> {
+        let out = Command::new("curl")
+            .args(["-sS", "--fail", "-k", "-X", method, "-d", body])
+            .arg("--cert")
+            .arg(&pki.client_cert)
+            .arg("--key")
+            .arg(&pki.client_key)
+            .arg(format!("{kes_url}{path}"))
+            .output()
+            .map_err(|e| e.to_string())?;
+        if !out.status.success() {
+            return Err(format!("curl {path}: {}", String::from_utf8_lossy(&out.stderr)));
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    };
+    curl("PUT", "/v1/key/create/bench", "")?;
+    let generate_body = r#"{"context":"eyJidWNrZXQiOiJwaG90b3MifQ=="}"#;
+    let dek: Value = serde_json::from_str(&curl("PUT", "/v1/key/generate/bench", generate_body)?)
+        .map_err(|e| e.to_string())?;
+    let decrypt_body =
+        json!({"ciphertext": dek["ciphertext"], "context": "eyJidWNrZXQiOiJwaG90b3MifQ=="})
+            .to_string();
+    let fixed = dek.to_string();
+
+    let nginx_port = free_port();
+    let nginx_conf = format!(
+        r#"daemon off;
+worker_processes 2;
+pid {w}/nginx.pid;
+error_log {w}/nginx-error.log;
+events {{ worker_connections 4096; }}
+http {{
+  access_log off;
+  client_body_temp_path {w}/nginx-tmp; proxy_temp_path {w}/nginx-tmp; fastcgi_temp_path {w}/nginx-tmp;
+  uwsgi_temp_path {w}/nginx-tmp; scgi_temp_path {w}/nginx-tmp;
+  keepalive_requests 100000000;
+  server {{
+    listen 127.0.0.1:{nginx_port} ssl;
+    ssl_certificate {cert};
+    ssl_certificate_key {key};
+    ssl_verify_client optional_no_ca;
+    location / {{
+      default_type application/json;
+      return 200 '{fixed}';
+    }}
+  }}
+}}
+"#,
+        w = work.display(),
+        cert = pki.server_cert.display(),
+        key = pki.server_key.display(),
+    );
+    std::fs::write(work.join("nginx.conf"), nginx_conf).map_err(|e| e.to_string())?;
+    let nginx_bin = which("nginx").ok_or("nginx")?;
+    let nginx = Proc {
+        child: Command::new(nginx_bin)
+            .arg("-p")
+            .arg(&work)
+            .arg("-c")
+            .arg(work.join("nginx.conf"))
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| e.to_string())?,
+    };
+    std::thread::sleep(Duration::from_millis(500));
+    let nginx_url = format!("https://127.0.0.1:{nginx_port}");
+
+    let kes_pids = vec![kes.child.id()];
+    let nginx_pids = || -> Vec<u32> {
+        let mut pids = vec![nginx.child.id()];
+        pids.extend(children(nginx.child.id()));
+        pids
+    };
+    let scenarios: Vec<(&str, &str, String, &str, bool)> = vec![
+        ("kes generate", "kes", format!("{kes_url}/v1/key/generate/bench"), generate_body, true),
+        ("kes decrypt", "kes", format!("{kes_url}/v1/key/decrypt/bench"), &decrypt_body, true),
+        (
+            "kes generate, no keep-alive",
+            "kes",
+            format!("{kes_url}/v1/key/generate/bench"),
+            generate_body,
+            false,
+        ),
+        (
+            "nginx fixed body",
+            "nginx",
+            format!("{nginx_url}/v1/key/generate/bench"),
+            generate_body,
+            true,
+        ),
+        (
+            "nginx fixed body, no keep-alive",
+            "nginx",
+            format!("{nginx_url}/v1/key/generate/bench"),
+            generate_body,
+            false,
+        ),
+    ];
+    let tick = clock_ticks();
+    let mut results = Vec::new();
+    for (label, target, url, body, keepalive) in scenarios {
+        let pids = if target == "kes" { kes_pids.clone() } else { nginx_pids() };
+        let cpu_before: u64 = pids.iter().map(|p| cpu_ticks(*p)).sum();
+        eprintln!("loadbench: {label} ({conns} connections, {secs}s)");
+        let mut cmd = Command::new("oha");
+        cmd.args([
+            "--no-tui",
+            "--output-format",
+            "json",
+            "--insecure",
+            "-z",
+            &format!("{secs}s"),
+            "-c",
+            &conns.to_string(),
+        ])
+        .args(["-m", "PUT", "-d", body])
+        .arg("--cert")
+        .arg(&pki.client_cert)
+        .arg("--key")
+        .arg(&pki.client_key);
+        if !keepalive {
+            cmd.arg("--disable-keepalive");
+        }
+        let out = cmd.arg(&url).output().map_err(|e| format!("oha: {e}"))?;
+        let _ = std::fs::write(work.join(format!("oha-{}.json", results.len())), &out.stdout);
+        let report: Value = serde_json::from_slice(&out.stdout)
+            .map_err(|e| format!("oha output: {e}: {}", String::from_utf8_lossy(&out.stderr)))?;
+        let pids = if target == "kes" { kes_pids.clone() } else { nginx_pids() };
+        let cpu_after: u64 = pids.iter().map(|p| cpu_ticks(*p)).sum();
+        let ok = report["statusCodeDistribution"]["200"].as_u64().unwrap_or(0);
+        let total_codes: u64 = report["statusCodeDistribution"]
+            .as_object()
+            .map(|m| m.values().filter_map(Value::as_u64).sum())
+            .unwrap_or(0);
+        // oha cuts requests still open when the duration ends ("aborted due to
+        // deadline"); those are the benchmark's doing, not server errors.
+        let errors: u64 = report["errorDistribution"]
+            .as_object()
+            .map(|m| {
+                m.iter()
+                    .filter(|(k, _)| !k.contains("deadline"))
+                    .filter_map(|(_, v)| v.as_u64())
+                    .sum()
+            })
+            .unwrap_or(0)
+            + (total_codes - ok);
+        let cpu_secs = (cpu_after.saturating_sub(cpu_before)) as f64 / tick;
+        let rss_kib: u64 = pids.iter().map(|p| status_kib(*p, "VmHWM:")).max().unwrap_or(0);
+        results.push(json!({
+            "scenario": label,
+            "server": target,
+            "keepalive": keepalive,
+            "requests": ok,
+            "errors": errors,
+            "rps": report["summary"]["requestsPerSec"].as_f64().unwrap_or(0.0),
+            "p50_ms": report["latencyPercentiles"]["p50"].as_f64().unwrap_or(0.0) * 1000.0,
+            "p99_ms": report["latencyPercentiles"]["p99"].as_f64().unwrap_or(0.0) * 1000.0,
+            "cpu_us_per_request": if ok > 0 { cpu_secs * 1e6 / ok as f64 } else { 0.0 },
+            "peak_rss_mib": rss_kib as f64 / 1024.0,
+        }));
+    }
+    let nginx_ka = results
+        .iter()
+        .find(|r| r["server"] == "nginx" && r["keepalive"] == true)
+        .cloned()
+        .unwrap_or_default();
+    let nginx_nka = results
+        .iter()
+        .find(|r| r["server"] == "nginx" && r["keepalive"] == false)
+        .cloned()
+        .unwrap_or_default();
+    println!(
+        "\n{:<34} {:>9} {:>7} {:>10} {:>8} {:>8} {:>10} {:>9} {:>10} {:>10}",
+        "scenario",
+        "requests",
+        "errors",
+        "req/s",
+        "p50 ms",
+        "p99 ms",
+        "cpu us/req",
+        "rss MiB",
+        "cpu/nginx",
+        "p99/nginx"
+    );
+    for r in &mut results {
+        let base = if r["keepalive"] == true { &nginx_ka } else { &nginx_nka };
+        let ratio = |k: &str| {
+            let b = base[k].as_f64().unwrap_or(0.0);
+            if b > 0.0 {
+                r[k].as_f64().unwrap_or(0.0) / b
+            } else {
+                0.0
+            }
+        };
+        let (cpu_ratio, p99_ratio, rps_ratio) =
+            (ratio("cpu_us_per_request"), ratio("p99_ms"), ratio("rps"));
+        r["cpu_vs_nginx"] = json!(cpu_ratio);
+        r["p99_vs_nginx"] = json!(p99_ratio);
+        r["rps_vs_nginx"] = json!(rps_ratio);
+        println!(
+            "{:<34} {:>9} {:>7} {:>10.0} {:>8.2} {:>8.2} {:>10.1} {:>9.1} {:>10.2} {:>10.2}",
+            r["scenario"].as_str().unwrap_or(""),
+            r["requests"],
+            r["errors"],
+            r["rps"].as_f64().unwrap_or(0.0),
+            r["p50_ms"].as_f64().unwrap_or(0.0),
+            r["p99_ms"].as_f64().unwrap_or(0.0),
+            r["cpu_us_per_request"].as_f64().unwrap_or(0.0),
+            r["peak_rss_mib"].as_f64().unwrap_or(0.0),
+            cpu_ratio,
+            p99_ratio
+        );
+    }
+    let report = json!({
+        "connections": conns,
+        "seconds_per_scenario": secs,
+        "kes_threads": threads,
+        "machine": machine(),
+        "results": results,
+    });
+    let path = work.join("results.json");
+    std::fs::write(&path, serde_json::to_string_pretty(&report).unwrap_or_default())
+        .map_err(|e| e.to_string())?;
+    println!("\nJSON: {}", path.display());
+    drop(nginx);
+    drop(kes);
+    Ok(())
+}
+
+struct Pki {
+    server_cert: PathBuf,
+    server_key: PathBuf,
+    client_cert: PathBuf,
+    client_key: PathBuf,
+    client_identity: String,
+}
+
+impl Pki {
+    fn new(dir: &Path) -> Result<Self, String> {
+        let e = |e: rcgen::Error| e.to_string();
+        let server_key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).map_err(e)?;
+        let params = rcgen::CertificateParams::new(vec!["localhost".into(), "127.0.0.1".into()])
+            .map_err(e)?;
+        let server_cert = params.self_signed(&server_key).map_err(e)?;
+        let client_key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).map_err(e)?;
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).map_err(e)?;
+        params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+        let client_cert = params.self_signed(&client_key).map_err(e)?;
+        let client_identity = kes_core::Identity::from_certificate(client_cert.der())
+            .map_err(|e| e.to_string())?
+            .to_string();
+        let p = Self {
+            server_cert: dir.join("server.cert"),
+            server_key: dir.join("server.key"),
+            client_cert: dir.join("client.cert"),
+            client_key: dir.join("client.key"),
+            client_identity,
+        };
+        for (path, text) in [
+            (&p.server_cert, server_cert.pem()),
+            (&p.server_key, server_key.serialize_pem()),
+            (&p.client_cert, client_cert.pem()),
+            (&p.client_key, client_key.serialize_pem()),
+        ] {
+            std::fs::write(path, text).map_err(|e| e.to_string())?;
+        }
+        Ok(p)
+    }
+}
+
+fn which(tool: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .chain([PathBuf::from("/usr/sbin"), PathBuf::from("/sbin")])
+        .map(|d| d.join(tool))
+        .find(|p| p.is_file())
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap_or(17373)
+}
+
+/// utime + stime of a process, in clock ticks (/proc/<pid>/stat fields 14, 15).
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let after = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let f: Vec<&str> = after.split_whitespace().collect();
+    // After the ")" the first field is #3 (state); utime is #14, stime #15.
+    let get = |i: usize| f.get(i - 3).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    get(14) + get(15)
+}
+
+fn status_kib(pid: u32, field: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix(field))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+fn children(pid: u32) -> Vec<u32> {
+    let mut out = Vec::new();
+    if let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) {
+        for t in tasks.flatten() {
+            let text = std::fs::read_to_string(t.path().join("children")).unwrap_or_default();
+            out.extend(text.split_whitespace().filter_map(|p| p.parse::<u32>().ok()));
+        }
+    }
+    out
+}
+
+fn clock_ticks() -> f64 {
+    Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
+        .unwrap_or(100.0)
+}
+
+fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("model name").map(|v| v.trim_start_matches([' ', '\t', ':']).to_owned())
+        })
+        .unwrap_or_default();
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    format!("{cpu}, {cores} cores")
+}
