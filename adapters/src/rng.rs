@@ -12,16 +12,33 @@ use zeroize::Zeroize;
 
 const RESEED_BYTES: u64 = 1 << 20;
 
+/// Keystream generated at a time: the AVX2 backend makes four blocks at once.
+const POOL: usize = 256;
+
 /// ChaCha20-based CSPRNG, seeded (and periodically reseeded) from `OsRng`.
 pub struct FastRng {
     cipher: ChaCha20,
     produced: u64,
+    /// Unused keystream; bytes are wiped as they are handed out.
+    pool: [u8; POOL],
+    used: usize,
 }
 
 impl FastRng {
     /// A generator keyed from the operating system.
     pub fn new() -> Self {
-        Self { cipher: Self::keyed(), produced: 0 }
+        Self { cipher: Self::keyed(), produced: 0, pool: [0; POOL], used: POOL }
+    }
+
+    fn refill(&mut self) {
+        if self.produced >= RESEED_BYTES {
+            self.cipher = Self::keyed();
+            self.produced = 0;
+        }
+        self.pool.fill(0);
+        self.cipher.apply_keystream(&mut self.pool);
+        self.produced += POOL as u64;
+        self.used = 0;
     }
 
     fn keyed() -> ChaCha20 {
@@ -53,13 +70,18 @@ impl RngCore for FastRng {
     }
 
     fn fill_bytes(&mut self, dest: &mut [u8]) {
-        if self.produced >= RESEED_BYTES {
-            self.cipher = Self::keyed();
-            self.produced = 0;
+        let mut filled = 0;
+        while filled < dest.len() {
+            if self.used == POOL {
+                self.refill();
+            }
+            let n = (dest.len() - filled).min(POOL - self.used);
+            let src = &mut self.pool[self.used..self.used + n];
+            dest[filled..filled + n].copy_from_slice(src);
+            src.zeroize(); // handed-out bytes must not stay behind
+            self.used += n;
+            filled += n;
         }
-        dest.fill(0);
-        self.cipher.apply_keystream(dest);
-        self.produced += dest.len() as u64;
     }
 
     fn try_fill_bytes(&mut self, dest: &mut [u8]) -> Result<(), rand_core::Error> {
@@ -69,6 +91,12 @@ impl RngCore for FastRng {
 }
 
 impl CryptoRng for FastRng {}
+
+impl Drop for FastRng {
+    fn drop(&mut self) {
+        self.pool.zeroize();
+    }
+}
 
 #[cfg(test)]
 mod tests {
@@ -86,7 +114,7 @@ mod tests {
         let mut big = vec![0u8; (RESEED_BYTES + 10) as usize];
         r.fill_bytes(&mut big);
         r.fill_bytes(&mut a);
-        assert!(r.produced <= 32, "re-keyed after a MiB");
+        assert!(r.produced <= POOL as u64, "re-keyed after a MiB");
         assert_ne!(FastRng::new().next_u64(), FastRng::new().next_u64());
     }
 }

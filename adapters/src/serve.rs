@@ -412,7 +412,7 @@ async fn serve_one(
             body.clear(); // routes without a body ignore it
         }
     }
-    let mut req = Request::new(head.method, &head.target).with_body(body);
+    let mut req = Request::from_target(head.method, head.target).with_body(body);
     req.body_too_large = too_large;
     req.peer = Some(ip);
     let Some(resp) = shared.driver.call_with(&inbox.reply, caller, req).await else {

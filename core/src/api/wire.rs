@@ -35,6 +35,16 @@ impl Request {
         Self { method, path, query, body: Vec::new(), body_too_large: false, peer: None }
     }
 
+    /// A request from an owned target (path and query), reusing its buffer.
+    pub fn from_target(method: Method, mut target: String) -> Self {
+        let query = target.find('?').map(|i| {
+            let q = target[i + 1..].to_owned();
+            target.truncate(i);
+            q
+        });
+        Self { method, path: target, query, body: Vec::new(), body_too_large: false, peer: None }
+    }
+
     /// The same request with a body.
     pub fn with_body(mut self, body: impl Into<Vec<u8>>) -> Self {
         self.body = body.into();

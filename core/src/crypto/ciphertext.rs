@@ -55,16 +55,32 @@ pub fn encode(
             sealed.extend_from_slice(nonce);
             sealed
         }
-        CiphertextFormat::Json => format!(
-            r#"{{"aead":"{}","id":"{}","iv":"{}","nonce":"{}","bytes":"{}"}}"#,
-            alg.json_name(),
-            key_id,
-            STANDARD.encode(iv),
-            STANDARD.encode(nonce),
-            STANDARD.encode(&sealed)
-        )
-        .into_bytes(),
+        CiphertextFormat::Json => {
+            // Written straight into one buffer: this runs for every data key.
+            let name = alg.json_name();
+            let mut out = Vec::with_capacity(90 + name.len() + key_id.len() + sealed.len() * 4 / 3);
+            out.extend_from_slice(br#"{"aead":""#);
+            out.extend_from_slice(name.as_bytes());
+            out.extend_from_slice(br#"","id":""#);
+            out.extend_from_slice(key_id.as_bytes());
+            out.extend_from_slice(br#"","iv":""#);
+            push_b64(&mut out, iv);
+            out.extend_from_slice(br#"","nonce":""#);
+            push_b64(&mut out, nonce);
+            out.extend_from_slice(br#"","bytes":""#);
+            push_b64(&mut out, &sealed);
+            out.extend_from_slice(b"\"}");
+            out
+        }
     }
+}
+
+/// Appends standard padded base64 of `bytes`.
+fn push_b64(out: &mut Vec<u8>, bytes: &[u8]) {
+    let start = out.len();
+    out.resize(start + base64::encoded_len(bytes.len(), true).unwrap_or(0), 0);
+    let n = STANDARD.encode_slice(bytes, &mut out[start..]).unwrap_or(0);
+    out.truncate(start + n);
 }
 
 /// Decodes any format, with KES v0.24's detection: a structured parse that
