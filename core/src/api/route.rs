@@ -176,9 +176,11 @@ impl RouteMatch<'_> {
 
 /// Routes a request path.
 pub fn find(path: &str) -> RouteMatch<'_> {
-    let cleaned = clean_path(path);
-    if cleaned != path {
-        return RouteMatch::Redirect(cleaned);
+    if !is_clean(path) {
+        let cleaned = clean_path(path);
+        if cleaned != path {
+            return RouteMatch::Redirect(cleaned);
+        }
     }
     let mut best: Option<(usize, &str)> = None;
     for (i, r) in ROUTES.iter().enumerate() {
@@ -198,6 +200,17 @@ pub fn find(path: &str) -> RouteMatch<'_> {
         Some((i, rest)) => RouteMatch::Found(i, rest),
         None => RouteMatch::NotFound,
     }
+}
+
+/// Whether `p` is already what [`clean_path`] returns (checked without
+/// allocating: every request passes here).
+fn is_clean(p: &str) -> bool {
+    p.starts_with('/')
+        && !p.contains("//")
+        && !p.contains("/./")
+        && !p.contains("/../")
+        && !p.ends_with("/.")
+        && !p.ends_with("/..")
 }
 
 /// Go's `path.Clean`, keeping a trailing slash as `ServeMux` does.
@@ -279,6 +292,15 @@ mod tests {
         match find("/v1/key/create/../delete/x") {
             RouteMatch::Redirect(p) => assert_eq!(p, "/v1/key/delete/x"),
             other => panic!("{other:?}"),
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn clean_check_agrees_with_cleaning(p in "[/.ab]{0,12}") {
+            if is_clean(&p) {
+                proptest::prop_assert_eq!(clean_path(&p), p);
+            }
         }
     }
 
