@@ -43,33 +43,12 @@ pub fn decrypt_legacy_pem(pem: &str, password: &str) -> Result<PrivateKeyDer<'st
         return Err("DEK-Info IV too short".into());
     }
     let key = bytes_to_key(password.as_bytes(), &iv[..8], key_len);
-    let bad = |_| "decryption password incorrect".to_owned();
     let plain_len = match cipher {
-        "DES-CBC" => cbc::Decryptor::<des::Des>::new_from_slices(&key, &iv)
-            .map_err(|_| "bad IV")?
-            .decrypt_padded_mut::<aes::cipher::block_padding::Pkcs7>(&mut data)
-            .map_err(bad)?
-            .len(),
-        "DES-EDE3-CBC" => cbc::Decryptor::<des::TdesEde3>::new_from_slices(&key, &iv)
-            .map_err(|_| "bad IV")?
-            .decrypt_padded_mut::<aes::cipher::block_padding::Pkcs7>(&mut data)
-            .map_err(bad)?
-            .len(),
-        "AES-128-CBC" => cbc::Decryptor::<aes::Aes128>::new_from_slices(&key, &iv)
-            .map_err(|_| "bad IV")?
-            .decrypt_padded_mut::<aes::cipher::block_padding::Pkcs7>(&mut data)
-            .map_err(bad)?
-            .len(),
-        "AES-192-CBC" => cbc::Decryptor::<aes::Aes192>::new_from_slices(&key, &iv)
-            .map_err(|_| "bad IV")?
-            .decrypt_padded_mut::<aes::cipher::block_padding::Pkcs7>(&mut data)
-            .map_err(bad)?
-            .len(),
-        _ => cbc::Decryptor::<aes::Aes256>::new_from_slices(&key, &iv)
-            .map_err(|_| "bad IV")?
-            .decrypt_padded_mut::<aes::cipher::block_padding::Pkcs7>(&mut data)
-            .map_err(bad)?
-            .len(),
+        "DES-CBC" => cbc_decrypt::<des::Des>(&key, &iv, &mut data)?,
+        "DES-EDE3-CBC" => cbc_decrypt::<des::TdesEde3>(&key, &iv, &mut data)?,
+        "AES-128-CBC" => cbc_decrypt::<aes::Aes128>(&key, &iv, &mut data)?,
+        "AES-192-CBC" => cbc_decrypt::<aes::Aes192>(&key, &iv, &mut data)?,
+        _ => cbc_decrypt::<aes::Aes256>(&key, &iv, &mut data)?,
     };
     let der = data[..plain_len].to_vec();
     Ok(match label {
@@ -77,6 +56,19 @@ pub fn decrypt_legacy_pem(pem: &str, password: &str) -> Result<PrivateKeyDer<'st
         "EC PRIVATE KEY" => PrivateKeyDer::Sec1(PrivateSec1KeyDer::from(der)),
         _ => PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(der)),
     })
+}
+
+/// CBC-decrypts `data` in place and strips PKCS#7 padding; returns the
+/// plaintext length. Bad padding almost always means a wrong password.
+fn cbc_decrypt<C>(key: &[u8], iv: &[u8], data: &mut [u8]) -> Result<usize, String>
+where
+    C: aes::cipher::BlockDecryptMut + aes::cipher::BlockCipher,
+    cbc::Decryptor<C>: KeyIvInit + BlockDecryptMut,
+{
+    let dec = cbc::Decryptor::<C>::new_from_slices(key, iv).map_err(|_| "bad key or IV length")?;
+    dec.decrypt_padded_mut::<aes::cipher::block_padding::Pkcs7>(data)
+        .map(|p| p.len())
+        .map_err(|_| "decryption password incorrect".to_owned())
 }
 
 fn bytes_to_key(password: &[u8], salt: &[u8], len: usize) -> Zeroizing<Vec<u8>> {
