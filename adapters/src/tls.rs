@@ -63,6 +63,9 @@ pub fn server_config(
         .with_single_cert(certs, key)
         .map_err(|e| format!("TLS certificate and key do not fit together: {e}"))?;
     cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    // Resumed sessions skip the certificate exchange and signatures; room for
+    // a few thousand clients (the default holds 256).
+    cfg.session_storage = rustls::server::ServerSessionMemoryCache::new(4096);
     Ok(Arc::new(cfg))
 }
 
