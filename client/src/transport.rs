@@ -1,0 +1,387 @@
+//! Connections: TLS to one of several endpoints, one HTTP/1.1 exchange per
+//! connection, failover to the next endpoint when one cannot be reached.
+
+use std::net::TcpStream;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_io::{Async, Timer};
+use futures_rustls::TlsConnector;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::{DigitallySignedStruct, RootCertStore, SignatureScheme};
+use serde_json::Value;
+use smol::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::ClientError;
+
+/// Largest answer accepted (metrics and listings are the big ones).
+const MAX_ANSWER: usize = 64 << 20;
+
+/// One server address.
+pub(crate) struct Endpoint {
+    host: String,
+    port: u16,
+}
+
+impl Endpoint {
+    /// `https://host:port`, `host:port` or `host` (port 7373).
+    pub(crate) fn parse(s: &str) -> Result<Self, ClientError> {
+        let s = s.trim();
+        let rest = s.strip_prefix("https://").or_else(|| s.strip_prefix("http://")).unwrap_or(s);
+        let rest = rest.trim_end_matches('/');
+        let (host, port) = match rest.rsplit_once(':') {
+            Some((h, p)) if !h.ends_with(']') || h.starts_with('[') => {
+                let port = p
+                    .parse()
+                    .map_err(|_| ClientError::Config(format!("invalid endpoint '{s}'")))?;
+                (h.trim_matches(['[', ']']).to_owned(), port)
+            }
+            _ => (rest.to_owned(), 7373),
+        };
+        if host.is_empty() {
+            return Err(ClientError::Config(format!("invalid endpoint '{s}'")));
+        }
+        Ok(Self { host, port })
+    }
+}
+
+/// A raw answer.
+pub(crate) struct Answer {
+    pub status: u16,
+    pub content_type: String,
+    pub body: Vec<u8>,
+}
+
+pub(crate) struct Transport {
+    endpoints: Vec<Endpoint>,
+    connector: TlsConnector,
+    timeout: Duration,
+    next: AtomicUsize,
+}
+
+impl Transport {
+    pub(crate) fn new(
+        endpoints: Vec<Endpoint>,
+        tls: Arc<rustls::ClientConfig>,
+        timeout: Duration,
+    ) -> Self {
+        Self { endpoints, connector: TlsConnector::from(tls), timeout, next: AtomicUsize::new(0) }
+    }
+
+    /// Sends a request and maps error statuses to [`ClientError`]s. Endpoints
+    /// are tried round-robin; an endpoint that cannot be connected to is
+    /// skipped for any call, and a failure after sending is retried
+    /// elsewhere only for `idempotent` calls.
+    pub(crate) async fn call(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&[u8]>,
+        idempotent: bool,
+    ) -> Result<Answer, ClientError> {
+        let start = self.next.fetch_add(1, Ordering::Relaxed);
+        let mut last = None;
+        for i in 0..self.endpoints.len() {
+            let ep = &self.endpoints[(start + i) % self.endpoints.len()];
+            let attempt = smol::future::or(
+                async { Some(self.exchange(ep, method, path, body).await) },
+                async {
+                    Timer::after(self.timeout).await;
+                    None
+                },
+            )
+            .await;
+            match attempt {
+                None => last = Some(ClientError::Timeout),
+                Some(Ok(answer)) => return finish(answer),
+                Some(Err(Failure::Connect(e))) => {
+                    last = Some(ClientError::Connect(format!("{}:{}: {e}", ep.host, ep.port)))
+                }
+                Some(Err(Failure::AfterSend(e))) if idempotent => {
+                    last = Some(ClientError::Connect(format!("{}:{}: {e}", ep.host, ep.port)))
+                }
+                Some(Err(Failure::AfterSend(e))) => {
+                    return Err(ClientError::Connect(format!("{}:{}: {e}", ep.host, ep.port)))
+                }
+                Some(Err(Failure::Tls(e))) => return Err(ClientError::Certificate(e)),
+            }
+        }
+        Err(last.unwrap_or_else(|| ClientError::Connect("no endpoint".into())))
+    }
+
+    /// Like [`Self::call`], decoding a JSON body.
+    pub(crate) async fn json(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&[u8]>,
+        idempotent: bool,
+    ) -> Result<Value, ClientError> {
+        let a = self.call(method, path, body, idempotent).await?;
+        serde_json::from_slice(&a.body).map_err(|e| ClientError::InvalidResponse(e.to_string()))
+    }
+
+    async fn exchange(
+        &self,
+        ep: &Endpoint,
+        method: &str,
+        path: &str,
+        body: Option<&[u8]>,
+    ) -> Result<Answer, Failure> {
+        let addr = format!("{}:{}", ep.host, ep.port);
+        let addrs: Vec<std::net::SocketAddr> = smol::unblock(move || {
+            std::net::ToSocketAddrs::to_socket_addrs(&addr).map(|a| a.collect())
+        })
+        .await
+        .map_err(Failure::Connect)?;
+        let mut tcp = None;
+        let mut err = None;
+        for a in addrs {
+            match Async::<TcpStream>::connect(a).await {
+                Ok(s) => {
+                    tcp = Some(s);
+                    break;
+                }
+                Err(e) => err = Some(e),
+            }
+        }
+        let tcp = tcp.ok_or_else(|| {
+            Failure::Connect(err.unwrap_or_else(|| std::io::Error::other("no address")))
+        })?;
+        let name =
+            ServerName::try_from(ep.host.clone()).map_err(|e| Failure::Tls(e.to_string()))?;
+        let mut tls = self.connector.connect(name, tcp).await.map_err(|e| {
+            // A rejected certificate is a TLS error worth reporting as such.
+            if e.get_ref().is_some_and(|inner| inner.downcast_ref::<rustls::Error>().is_some()) {
+                Failure::Tls(e.to_string())
+            } else {
+                Failure::Connect(e)
+            }
+        })?;
+        let body = body.unwrap_or(&[]);
+        let mut req = format!(
+            "{method} {path} HTTP/1.1\r\nHost: {}\r\nContent-Length: {}\r\nConnection: close\r\n",
+            ep.host,
+            body.len()
+        )
+        .into_bytes();
+        if !body.is_empty() {
+            req.extend_from_slice(b"Content-Type: application/json\r\n");
+        }
+        req.extend_from_slice(b"\r\n");
+        req.extend_from_slice(body);
+        tls.write_all(&req).await.map_err(Failure::AfterSend)?;
+        tls.flush().await.map_err(Failure::AfterSend)?;
+        zeroize::Zeroize::zeroize(&mut req);
+        let mut raw = zeroize::Zeroizing::new(Vec::new());
+        let mut chunk = [0u8; 16 * 1024];
+        loop {
+            match tls.read(&mut chunk).await {
+                Ok(0) => break,
+                Ok(n) => raw.extend_from_slice(&chunk[..n]),
+                // Servers may close without close_notify after Connection: close.
+                Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof && !raw.is_empty() => break,
+                Err(e) => return Err(Failure::AfterSend(e)),
+            }
+            if raw.len() > MAX_ANSWER {
+                return Err(Failure::AfterSend(std::io::Error::other("answer too large")));
+            }
+            if complete(&raw) {
+                break;
+            }
+        }
+        zeroize::Zeroize::zeroize(&mut chunk);
+        parse_answer(&raw).map_err(|e| Failure::AfterSend(std::io::Error::other(e)))
+    }
+}
+
+enum Failure {
+    Connect(std::io::Error),
+    AfterSend(std::io::Error),
+    Tls(String),
+}
+
+fn head_end(raw: &[u8]) -> Option<usize> {
+    raw.windows(4).position(|w| w == b"\r\n\r\n").map(|i| i + 4)
+}
+
+fn content_length(head: &str) -> Option<usize> {
+    head.lines().find_map(|l| {
+        let (k, v) = l.split_once(':')?;
+        k.trim().eq_ignore_ascii_case("content-length").then(|| v.trim().parse().ok())?
+    })
+}
+
+fn complete(raw: &[u8]) -> bool {
+    let Some(end) = head_end(raw) else { return false };
+    let head = String::from_utf8_lossy(&raw[..end]);
+    content_length(&head).is_some_and(|n| raw.len() >= end + n)
+}
+
+fn parse_answer(raw: &[u8]) -> Result<Answer, String> {
+    let end = head_end(raw).ok_or("truncated answer")?;
+    let head = String::from_utf8_lossy(&raw[..end]);
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or("malformed status line")?;
+    let content_type = head
+        .lines()
+        .find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.trim().eq_ignore_ascii_case("content-type").then(|| v.trim().to_owned())
+        })
+        .unwrap_or_default();
+    let len = content_length(&head).unwrap_or(raw.len() - end);
+    let body = raw.get(end..end + len).ok_or("truncated body")?.to_vec();
+    Ok(Answer { status, content_type, body })
+}
+
+fn finish(a: Answer) -> Result<Answer, ClientError> {
+    if (200..300).contains(&a.status) {
+        return Ok(a);
+    }
+    let message = if a.content_type.starts_with("application/json") {
+        serde_json::from_slice::<Value>(&a.body)
+            .ok()
+            .and_then(|v| {
+                let e = v["error"].as_str().filter(|s| !s.is_empty()).or(v["message"].as_str())?;
+                Some(e.to_owned())
+            })
+            .unwrap_or_default()
+    } else {
+        String::from_utf8_lossy(&a.body).trim().to_owned()
+    };
+    Err(ClientError::from_answer(a.status, message))
+}
+
+/// The rustls client configuration: our certificate always offered, the
+/// server verified against `ca` (or system roots) unless `insecure`.
+pub(crate) fn client_config(
+    chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+    insecure: bool,
+    ca: Option<&str>,
+) -> Result<Arc<rustls::ClientConfig>, ClientError> {
+    let provider = kes_adapters::tls::provider();
+    let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| ClientError::Config(e.to_string()))?;
+    let builder = if insecure {
+        builder.dangerous().with_custom_certificate_verifier(Arc::new(AcceptAnyServer(provider)))
+    } else {
+        let mut roots = RootCertStore::empty();
+        let file = ca.map(str::to_owned).unwrap_or_else(|| {
+            std::env::var("SSL_CERT_FILE")
+                .unwrap_or_else(|_| "/etc/ssl/certs/ca-certificates.crt".into())
+        });
+        for c in kes_adapters::tls::load_certs(std::path::Path::new(&file))
+            .map_err(ClientError::Certificate)?
+        {
+            roots.add(c).map_err(|e| ClientError::Certificate(format!("{file}: {e}")))?;
+        }
+        builder.with_root_certificates(roots)
+    };
+    let cfg = builder
+        .with_client_auth_cert(chain, key)
+        .map_err(|e| ClientError::Certificate(format!("certificate and key do not match: {e}")))?;
+    Ok(Arc::new(cfg))
+}
+
+/// `--insecure`: any server certificate, but the handshake signature is still
+/// checked so the connection is at least to the holder of that certificate.
+#[derive(Debug)]
+struct AcceptAnyServer(Arc<rustls::crypto::CryptoProvider>);
+
+impl ServerCertVerifier for AcceptAnyServer {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoints() {
+        let e = Endpoint::parse("https://kes.example:7000/").unwrap();
+        assert_eq!((e.host.as_str(), e.port), ("kes.example", 7000));
+        let e = Endpoint::parse("127.0.0.1").unwrap();
+        assert_eq!(e.port, 7373);
+        assert!(Endpoint::parse("https://h:notaport").is_err());
+        assert!(Endpoint::parse("").is_err());
+    }
+
+    #[test]
+    fn error_mapping() {
+        let a = |status, ct: &str, body: &str| Answer {
+            status,
+            content_type: ct.into(),
+            body: body.as_bytes().to_vec(),
+        };
+        assert!(matches!(
+            finish(a(400, "application/json", r#"{"message":"key already exists"}"#)),
+            Err(ClientError::KeyExists)
+        ));
+        assert!(matches!(
+            finish(a(
+                400,
+                "application/json; charset=utf-8",
+                r#"{"message":"key does already exist"}"#
+            )),
+            Err(ClientError::KeyExists)
+        ));
+        assert!(matches!(
+            finish(a(403, "application/json", r#"{"message":"prohibited by policy"}"#)),
+            Err(ClientError::NotAllowed)
+        ));
+        assert!(matches!(
+            finish(a(404, "text/plain", "404 page not found\n")),
+            Err(ClientError::Api { status: 404, .. })
+        ));
+        assert!(finish(a(200, "", "")).is_ok());
+    }
+}
