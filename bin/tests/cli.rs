@@ -261,3 +261,153 @@ fn sighup_reloads_and_sigterm_exits_cleanly() {
     let status = kes.child.wait().unwrap();
     assert_eq!(status.code(), Some(0));
 }
+
+/// Runs `kes <args>` with the client environment; returns (exit code, stdout, stderr).
+fn kes_client(env: &[(&str, String)], args: &[&str]) -> (i32, String, String) {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_kes"));
+    cmd.args(args)
+        .env_remove("KES_API_KEY")
+        .env_remove("KES_SERVER")
+        .env_remove("KES_CLIENT_CERT")
+        .env_remove("KES_CLIENT_KEY");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// The seed's client example: export the three variables, then create, list
+/// and use a key; plus every client command's output and exit code.
+#[test]
+fn client_commands_against_a_real_server() {
+    let dir = tempdir("client");
+    cert(&dir, "server");
+    let admin = cert(&dir, "admin");
+    let app = cert(&dir, "app");
+    let config = format!(
+        "address: 127.0.0.1:0\nadmin:\n  identity: {admin}\ntls:\n  key: server.key\n  cert: server.cert\npolicy:\n  app:\n    allow:\n    - /v1/key/generate/app-*\n    identities:\n    - {app}\n"
+    );
+    std::fs::write(dir.join("config.yml"), config).unwrap();
+    let mut kes = Running::spawn(
+        Command::new(env!("CARGO_BIN_EXE_kes"))
+            .args(["server", "--config", "config.yml"])
+            .current_dir(&dir),
+    );
+    let url = kes.wait_for("listening on").rsplit(' ').next().unwrap().to_owned();
+    let path = |f: &str| dir.join(f).to_str().unwrap().to_owned();
+    let env = vec![
+        ("KES_SERVER", url.clone()),
+        ("KES_CLIENT_CERT", path("admin.cert")),
+        ("KES_CLIENT_KEY", path("admin.key")),
+        ("KES_CAPATH", path("server.cert")),
+    ];
+    let ok = |args: &[&str]| {
+        let (code, out, err) = kes_client(&env, args);
+        assert_eq!(code, 0, "kes {args:?}: {err}");
+        out
+    };
+    ok(&["key", "create", "my-key", "app-key"]);
+    assert_eq!(ok(&["key", "ls"]), "app-key\nmy-key\n");
+    assert_eq!(ok(&["key", "ls", "--json", "my"]), "[\"my-key\"]\n");
+    assert_eq!(ok(&["ls"]), "app-key\nmy-key\n");
+    let dek: serde_json::Value =
+        serde_json::from_str(&ok(&["key", "dek", "my-key", "Y3R4"])).unwrap();
+    let ct = dek["ciphertext"].as_str().unwrap();
+    let pt: serde_json::Value =
+        serde_json::from_str(&ok(&["key", "decrypt", "my-key", ct, "Y3R4"])).unwrap();
+    assert_eq!(pt["plaintext"], dek["plaintext"]);
+    let enc: serde_json::Value =
+        serde_json::from_str(&ok(&["key", "encrypt", "my-key", "hello"])).unwrap();
+    let dec: serde_json::Value = serde_json::from_str(&ok(&[
+        "key",
+        "decrypt",
+        "my-key",
+        enc["ciphertext"].as_str().unwrap(),
+    ]))
+    .unwrap();
+    assert_eq!(dec["plaintext"], "aGVsbG8=");
+    let info: serde_json::Value = serde_json::from_str(&ok(&["key", "info", "my-key"])).unwrap();
+    assert_eq!(info["algorithm"], "AES256");
+    let hmac: serde_json::Value =
+        serde_json::from_str(&ok(&["key", "hmac", "my-key", "m"])).unwrap();
+    assert_eq!(hmac["hmac"].as_str().unwrap().len(), 64);
+    ok(&["key", "import", "imported", "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8="]);
+    let status: serde_json::Value = serde_json::from_str(&ok(&["status", "--json"])).unwrap();
+    assert!(status["keystore_latency"].as_u64().is_some());
+    assert!(ok(&["metric"]).contains("kes_http_request_success"));
+    assert_eq!(ok(&["policy", "ls"]), "app\n");
+    let show: serde_json::Value = serde_json::from_str(&ok(&["policy", "show", "app"])).unwrap();
+    assert!(show["allow"].get("/v1/key/generate/app-*").is_some());
+    assert!(ok(&["identity", "ls"]).contains(&app));
+    let me: serde_json::Value = serde_json::from_str(&ok(&["identity", "info"])).unwrap();
+    assert_eq!(me["identity"], admin.as_str());
+    ok(&["key", "rm", "imported"]);
+
+    // Errors: one clear line on stderr, exit 1.
+    let fail = |env: &[(&str, String)], args: &[&str], needle: &str| {
+        let (code, _, err) = kes_client(env, args);
+        assert_eq!(code, 1, "kes {args:?}");
+        assert!(
+            err.starts_with("Error: ") && err.contains(needle) && err.lines().count() == 1,
+            "kes {args:?}: {err}"
+        );
+    };
+    fail(&env, &["key", "create", "my-key"], "failed to create key \"my-key\": key already exists");
+    fail(&env, &["key", "info", "nope"], "key does not exist");
+    let as_app = vec![
+        env[0].clone(),
+        ("KES_CLIENT_CERT", path("app.cert")),
+        ("KES_CLIENT_KEY", path("app.key")),
+        env[3].clone(),
+    ];
+    fail(&as_app, &["key", "create", "x"], "not authorized: insufficient permissions");
+    let mut bad_cert = env.clone();
+    bad_cert[1].1 = path("missing.cert");
+    fail(&bad_cert, &["key", "ls"], "missing.cert");
+    let mut mismatched = env.clone();
+    mismatched[2].1 = path("app.key");
+    fail(&mismatched, &["key", "ls"], "do not match");
+    let mut unreachable = env.clone();
+    unreachable[0].1 = "https://127.0.0.1:1".into();
+    fail(&unreachable, &["key", "ls"], "cannot reach the server");
+    // A server whose certificate the client does not trust.
+    let mut untrusted = env.clone();
+    untrusted[3].1 = path("app.cert");
+    fail(&untrusted, &["key", "ls"], "certificate");
+    fail(&[], &["key", "ls"], "no API key specified");
+}
+
+#[test]
+fn identities_of_api_keys_and_new_ones() {
+    let (code, out, _) =
+        kes_client(&[], &["identity", "of", "kes:v1:AGaV6VXHasF0FnaB60WdCOeTZ8eTIDikL4zlN16c8NAs"]);
+    assert_eq!(
+        (code, out.trim()),
+        (0, "ea9826089311fe44d7590408ede9150f7c637b6cab0a91ee6fe1aa5d9fb366f6")
+    );
+    let dir = tempdir("idnew");
+    let (k, c) = (dir.join("id.key"), dir.join("id.cert"));
+    let (code, out, err) = kes_client(
+        &[],
+        &["identity", "new", "--key", k.to_str().unwrap(), "--cert", c.to_str().unwrap()],
+    );
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let (_, of_key, _) = kes_client(&[], &["identity", "of", v["api_key"].as_str().unwrap()]);
+    let (_, of_cert, _) = kes_client(&[], &["identity", "of", c.to_str().unwrap()]);
+    assert_eq!(of_key.trim(), v["identity"].as_str().unwrap());
+    assert_eq!(of_cert.trim(), v["identity"].as_str().unwrap());
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(std::fs::metadata(&k).unwrap().permissions().mode() & 0o777, 0o600);
+    let (code, _, err) = kes_client(
+        &[],
+        &["identity", "new", "--key", k.to_str().unwrap(), "--cert", c.to_str().unwrap()],
+    );
+    assert_eq!(code, 1);
+    assert!(err.contains("already exists"));
+}
