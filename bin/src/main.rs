@@ -28,6 +28,8 @@ enum Cmd {
     Ls(client::LsCmd),
     Status(client::StatusCmd),
     Metric(client::MetricCmd),
+    Log(client::LogCmd),
+    Migrate(client::MigrateCmd),
 }
 
 /// Identity helpers.
@@ -126,6 +128,8 @@ fn main() {
         Cmd::Ls(l) => l.run(),
         Cmd::Status(s) => s.run(),
         Cmd::Metric(m) => m.run(),
+        Cmd::Log(l) => l.run(),
+        Cmd::Migrate(m) => m.run(),
     };
     if let Err(e) = result {
         eprintln!("Error: {e}");

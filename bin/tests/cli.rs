@@ -411,3 +411,106 @@ fn identities_of_api_keys_and_new_ones() {
     assert_eq!(code, 1);
     assert!(err.contains("already exists"));
 }
+
+#[test]
+fn log_follows_the_audit_stream() {
+    let dir = tempdir("log");
+    cert(&dir, "server");
+    let admin = cert(&dir, "admin");
+    std::fs::write(dir.join("config.yml"), format!("address: 127.0.0.1:0\nadmin:\n  identity: {admin}\ntls:\n  key: server.key\n  cert: server.cert\n")).unwrap();
+    let mut kes = Running::spawn(
+        Command::new(env!("CARGO_BIN_EXE_kes"))
+            .args(["server", "--config", "config.yml"])
+            .current_dir(&dir),
+    );
+    let url = kes.wait_for("listening on").rsplit(' ').next().unwrap().to_owned();
+    let path = |f: &str| dir.join(f).to_str().unwrap().to_owned();
+    let mut log = Command::new(env!("CARGO_BIN_EXE_kes"))
+        .args(["log", "--json"])
+        .env("KES_SERVER", &url)
+        .env("KES_CLIENT_CERT", path("admin.cert"))
+        .env("KES_CLIENT_KEY", path("admin.key"))
+        .env("KES_CAPATH", path("server.cert"))
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = log.stdout.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for l in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(l);
+        }
+    });
+    // Keep creating keys until the subscription shows one (it may start late).
+    let env = vec![
+        ("KES_SERVER", url.clone()),
+        ("KES_CLIENT_CERT", path("admin.cert")),
+        ("KES_CLIENT_KEY", path("admin.key")),
+        ("KES_CAPATH", path("server.cert")),
+    ];
+    let mut seen = None;
+    for i in 0..50 {
+        kes_client(&env, &["key", "create", &format!("logged-{i}")]);
+        if let Ok(line) = rx.recv_timeout(Duration::from_millis(200)) {
+            seen = Some(line);
+            break;
+        }
+    }
+    let _ = log.kill();
+    let _ = log.wait();
+    let v: serde_json::Value = serde_json::from_str(&seen.expect("an audit line")).unwrap();
+    assert!(v["request"]["path"].as_str().unwrap().starts_with("/v1/"));
+    assert_eq!(v["request"]["identity"], admin.as_str());
+}
+
+#[test]
+fn migrate_copies_key_files_verbatim() {
+    let dir = tempdir("migrate");
+    let src = dir.join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    let vectors =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/spec/vectors/keys-v0.19");
+    for e in std::fs::read_dir(&vectors).unwrap() {
+        let e = e.unwrap();
+        std::fs::write(src.join(e.file_name()), std::fs::read(e.path()).unwrap()).unwrap();
+    }
+    std::fs::write(
+        dir.join("from.yml"),
+        format!("keystore:\n  fs:\n    path: {}\n", src.display()),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("to.yml"),
+        format!("keystore:\n  fs:\n    path: {}\n", dir.join("dst").display()),
+    )
+    .unwrap();
+    let migrate = |extra: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_kes"))
+            .arg("migrate")
+            .args(["--from", "from.yml", "--to", "to.yml"])
+            .args(extra)
+            .current_dir(&dir)
+            .output()
+            .unwrap();
+        (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    let (code, err) = migrate(&["[aG]*"]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(err.contains("Migrated 2 keys successfully"), "{err}");
+    for k in ["alpha", "Gamma_3"] {
+        assert_eq!(
+            std::fs::read(src.join(k)).unwrap(),
+            std::fs::read(dir.join("dst").join(k)).unwrap()
+        );
+    }
+    assert!(!dir.join("dst/beta-key").exists(), "the pattern selects alpha and Gamma_3 only");
+    let (code, err) = migrate(&[]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("already exists at the target"), "{err}");
+    let (code, err) = migrate(&["--merge"]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(err.contains("Migrated 1 keys successfully! (2 already present"), "{err}");
+    let (code, err) = migrate(&["--force", "--merge"]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("mutually exclusive"));
+}

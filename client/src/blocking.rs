@@ -27,6 +27,15 @@ impl Client {
         Self { inner }
     }
 
+    /// Follows a log stream; iterate the returned lines.
+    pub fn log(
+        &self,
+        audit: bool,
+    ) -> Result<impl Iterator<Item = Result<String, ClientError>>, ClientError> {
+        let mut lines = smol::block_on(self.inner.log(audit))?;
+        Ok(std::iter::from_fn(move || smol::block_on(lines.next_line())))
+    }
+
     /// The async client underneath.
     pub fn inner(&self) -> &crate::Client {
         &self.inner

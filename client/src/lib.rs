@@ -61,6 +61,7 @@ use zeroize::Zeroizing;
 
 pub use apikey::ApiKey;
 pub use error::ClientError;
+pub use transport::LogLines;
 use transport::{Endpoint, Transport};
 
 /// How the client authenticates.
@@ -375,6 +376,11 @@ impl Client {
     /// Who the server thinks this client is.
     pub async fn describe_self(&self) -> Result<Value, ClientError> {
         self.transport.json("GET", "/v1/identity/self/describe", None, true).await
+    }
+
+    /// Follows the audit log (`audit`) or the error log: one JSON line per event.
+    pub async fn log(&self, audit: bool) -> Result<LogLines, ClientError> {
+        self.transport.stream(if audit { "/v1/log/audit" } else { "/v1/log/error" }).await
     }
 
     /// Identities matching `prefix`, sorted.

@@ -123,13 +123,60 @@ impl Transport {
         serde_json::from_slice(&a.body).map_err(|e| ClientError::InvalidResponse(e.to_string()))
     }
 
-    async fn exchange(
+    /// Opens a streaming GET (the log routes) on the first endpoint that
+    /// answers; lines arrive through [`LogLines::next_line`].
+    pub(crate) async fn stream(&self, path: &str) -> Result<LogLines, ClientError> {
+        let mut last = None;
+        for ep in &self.endpoints {
+            let mut tls = match self.open(ep).await {
+                Ok(t) => t,
+                Err(Failure::Tls(e)) => return Err(ClientError::Certificate(e)),
+                Err(Failure::Connect(e) | Failure::AfterSend(e)) => {
+                    last = Some(ClientError::Connect(format!("{}:{}: {e}", ep.host, ep.port)));
+                    continue;
+                }
+            };
+            let req = format!("GET {path} HTTP/1.1\r\nHost: {}\r\n\r\n", ep.host);
+            let io = |e: std::io::Error| ClientError::Connect(e.to_string());
+            tls.write_all(req.as_bytes()).await.map_err(io)?;
+            tls.flush().await.map_err(io)?;
+            let mut buf = Vec::new();
+            let mut chunk = [0u8; 4096];
+            let end = loop {
+                if let Some(end) = head_end(&buf) {
+                    break end;
+                }
+                let n = tls.read(&mut chunk).await.map_err(io)?;
+                if n == 0 {
+                    return Err(ClientError::InvalidResponse(
+                        "stream closed before its head".into(),
+                    ));
+                }
+                buf.extend_from_slice(&chunk[..n]);
+            };
+            let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+            let status: u16 =
+                head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+            if status != 200 {
+                let answer = parse_answer(&buf).unwrap_or(Answer {
+                    status,
+                    content_type: String::new(),
+                    body: Vec::new(),
+                });
+                return Err(finish(answer)
+                    .err()
+                    .unwrap_or_else(|| ClientError::InvalidResponse(format!("status {status}"))));
+            }
+            buf.drain(..end);
+            return Ok(LogLines { tls, raw: buf, lines: Vec::new() });
+        }
+        Err(last.unwrap_or_else(|| ClientError::Connect("no endpoint".into())))
+    }
+
+    async fn open(
         &self,
         ep: &Endpoint,
-        method: &str,
-        path: &str,
-        body: Option<&[u8]>,
-    ) -> Result<Answer, Failure> {
+    ) -> Result<futures_rustls::client::TlsStream<Async<TcpStream>>, Failure> {
         let addr = format!("{}:{}", ep.host, ep.port);
         let addrs: Vec<std::net::SocketAddr> = smol::unblock(move || {
             std::net::ToSocketAddrs::to_socket_addrs(&addr).map(|a| a.collect())
@@ -152,14 +199,24 @@ impl Transport {
         })?;
         let name =
             ServerName::try_from(ep.host.clone()).map_err(|e| Failure::Tls(e.to_string()))?;
-        let mut tls = self.connector.connect(name, tcp).await.map_err(|e| {
+        self.connector.connect(name, tcp).await.map_err(|e| {
             // A rejected certificate is a TLS error worth reporting as such.
             if e.get_ref().is_some_and(|inner| inner.downcast_ref::<rustls::Error>().is_some()) {
                 Failure::Tls(e.to_string())
             } else {
                 Failure::Connect(e)
             }
-        })?;
+        })
+    }
+
+    async fn exchange(
+        &self,
+        ep: &Endpoint,
+        method: &str,
+        path: &str,
+        body: Option<&[u8]>,
+    ) -> Result<Answer, Failure> {
+        let mut tls = self.open(ep).await?;
         let body = body.unwrap_or(&[]);
         let mut req = format!(
             "{method} {path} HTTP/1.1\r\nHost: {}\r\nContent-Length: {}\r\nConnection: close\r\n",
@@ -194,6 +251,51 @@ impl Transport {
         }
         zeroize::Zeroize::zeroize(&mut chunk);
         parse_answer(&raw).map_err(|e| Failure::AfterSend(std::io::Error::other(e)))
+    }
+}
+
+/// The lines of a chunked NDJSON stream.
+pub struct LogLines {
+    tls: futures_rustls::client::TlsStream<Async<TcpStream>>,
+    raw: Vec<u8>,
+    lines: Vec<String>,
+}
+
+impl LogLines {
+    /// The next line (one JSON event), or None when the server ends the stream.
+    pub async fn next_line(&mut self) -> Option<Result<String, ClientError>> {
+        loop {
+            if !self.lines.is_empty() {
+                return Some(Ok(self.lines.remove(0)));
+            }
+            // Decode complete chunks from `raw`.
+            let mut progressed = false;
+            while let Some(pos) = self.raw.windows(2).position(|w| w == b"\r\n") {
+                let size_text = String::from_utf8_lossy(&self.raw[..pos]).trim().to_owned();
+                let Ok(size) = usize::from_str_radix(&size_text, 16) else {
+                    return Some(Err(ClientError::InvalidResponse("bad chunk size".into())));
+                };
+                if size == 0 {
+                    return None;
+                }
+                if self.raw.len() < pos + 2 + size + 2 {
+                    break;
+                }
+                let data = String::from_utf8_lossy(&self.raw[pos + 2..pos + 2 + size]).into_owned();
+                self.raw.drain(..pos + 2 + size + 2);
+                self.lines.extend(data.lines().filter(|l| !l.is_empty()).map(str::to_owned));
+                progressed = true;
+            }
+            if progressed {
+                continue;
+            }
+            let mut chunk = [0u8; 4096];
+            match self.tls.read(&mut chunk).await {
+                Ok(0) => return None,
+                Ok(n) => self.raw.extend_from_slice(&chunk[..n]),
+                Err(e) => return Some(Err(ClientError::Connect(e.to_string()))),
+            }
+        }
     }
 }
 
