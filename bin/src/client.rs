@@ -585,16 +585,20 @@ pub fn identity_new(
     key_file: Option<&str>,
     cert_file: Option<&str>,
     force: bool,
+    opts: &kes_client::CertificateOptions,
 ) -> Result<(), String> {
     let key = ApiKey::generate();
     let id = key.identity().map_err(|e| e.to_string())?;
+    if key_file.is_some() != cert_file.is_some() {
+        return Err("--key and --cert go together".into());
+    }
     if let (Some(kf), Some(cf)) = (key_file, cert_file) {
         for f in [kf, cf] {
             if !force && std::path::Path::new(f).exists() {
                 return Err(format!("'{f}' already exists; use --force to overwrite"));
             }
         }
-        let (cert, _) = key.certificate().map_err(|e| e.to_string())?;
+        let (cert, _) = key.certificate_with(opts).map_err(|e| e.to_string())?;
         let cert_pem = format!(
             "-----BEGIN CERTIFICATE-----\n{}\n-----END CERTIFICATE-----\n",
             wrap64(&STANDARD.encode(cert.as_ref()))

@@ -72,6 +72,18 @@ struct IdentityNew {
     /// overwrite existing files
     #[argh(switch, short = 'f')]
     force: bool,
+    /// IP address SAN (repeatable)
+    #[argh(option)]
+    ip: Vec<std::net::IpAddr>,
+    /// DNS name SAN (repeatable)
+    #[argh(option)]
+    dns: Vec<String>,
+    /// validity, e.g. 720h (default: no practical expiry)
+    #[argh(option)]
+    expiry: Option<String>,
+    /// certificate subject (common name)
+    #[argh(positional)]
+    subject: Option<String>,
 }
 
 /// Describe an identity (default: your own, as the server sees it).
@@ -113,9 +125,7 @@ fn main() {
         Cmd::Server(cmd) => server::run(cmd),
         Cmd::Identity(IdentityCmd { cmd }) => match cmd {
             IdentitySub::Of(of) => identity_of(&of.args),
-            IdentitySub::New(n) => {
-                client::identity_new(n.key.as_deref(), n.cert.as_deref(), n.force)
-            }
+            IdentitySub::New(n) => new_identity(n),
             IdentitySub::Info(i) => {
                 client::identity_info(i.server.as_deref(), i.insecure, i.identity.as_deref())
             }
@@ -135,6 +145,17 @@ fn main() {
         eprintln!("Error: {e}");
         std::process::exit(1);
     }
+}
+
+fn new_identity(n: IdentityNew) -> Result<(), String> {
+    let expiry = match &n.expiry {
+        Some(e) => {
+            Some(kes_core::time::parse_go_duration(e).map_err(|e| format!("--expiry: {e}"))?)
+        }
+        None => None,
+    };
+    let opts = kes_client::CertificateOptions { subject: n.subject, dns: n.dns, ips: n.ip, expiry };
+    client::identity_new(n.key.as_deref(), n.cert.as_deref(), n.force, &opts)
 }
 
 fn identity_of(args: &[String]) -> Result<(), String> {

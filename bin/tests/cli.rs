@@ -514,3 +514,73 @@ fn migrate_copies_key_files_verbatim() {
     assert_eq!(code, Some(1));
     assert!(err.contains("mutually exclusive"));
 }
+
+/// `kes identity of` agrees with the server's computation (and openssl's)
+/// for RSA, ECDSA and Ed25519 certificates; `identity new` takes SANs.
+#[test]
+fn identity_of_rsa_ecdsa_ed25519_and_new_with_sans() {
+    let dir = tempdir("idkinds");
+    let sh = |cmd: &str| {
+        let out = Command::new("sh").arg("-c").arg(cmd).current_dir(&dir).output().unwrap();
+        assert!(out.status.success(), "{cmd}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    for (kind, gen) in [
+        ("rsa", "openssl genrsa -out rsa.key 2048"),
+        ("ec", "openssl ecparam -genkey -name prime256v1 -noout -out ec.key"),
+        ("ed", "openssl genpkey -algorithm ed25519 -out ed.key"),
+    ] {
+        sh(gen);
+        sh(&format!(
+            "openssl req -new -x509 -key {kind}.key -subj /CN={kind} -days 1 -out {kind}.cert"
+        ));
+        let want = sh(&format!("openssl x509 -in {kind}.cert -noout -pubkey | openssl pkey -pubin -outform DER | sha256sum"));
+        let (code, out, err) = kes_client(
+            &[],
+            &["identity", "of", dir.join(format!("{kind}.cert")).to_str().unwrap()],
+        );
+        assert_eq!(code, 0, "{err}");
+        assert_eq!(out.trim(), want.split_whitespace().next().unwrap(), "{kind}");
+        let der = std::fs::read_to_string(dir.join(format!("{kind}.cert"))).unwrap();
+        let certs = rustls_pem(&der);
+        assert_eq!(
+            kes_core::Identity::from_certificate(&certs).unwrap().to_string(),
+            out.trim(),
+            "server view of {kind}"
+        );
+    }
+    let (k, c) = (dir.join("srv.key"), dir.join("srv.cert"));
+    let (code, _, err) = kes_client(
+        &[],
+        &[
+            "identity",
+            "new",
+            "--key",
+            k.to_str().unwrap(),
+            "--cert",
+            c.to_str().unwrap(),
+            "--ip",
+            "127.0.0.1",
+            "--dns",
+            "kes.local",
+            "--expiry",
+            "720h",
+            "my-server",
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    let text = sh("openssl x509 -in srv.cert -noout -text");
+    assert!(
+        text.contains("IP Address:127.0.0.1")
+            && text.contains("DNS:kes.local")
+            && text.contains("CN = my-server")
+            || text.contains("CN=my-server"),
+        "{text}"
+    );
+}
+
+fn rustls_pem(pem: &str) -> Vec<u8> {
+    use base64::Engine;
+    let b64: String = pem.lines().filter(|l| !l.starts_with("-----")).collect();
+    base64::engine::general_purpose::STANDARD.decode(b64).unwrap()
+}

@@ -90,24 +90,64 @@ impl ApiKey {
     }
 
     /// A self-signed client certificate for this key (CN = identity,
-    /// client-auth EKU, CA:FALSE, 90 days) and the private key.
+    /// client-auth EKU, CA:FALSE) and the private key.
     pub fn certificate(
         &self,
     ) -> Result<(CertificateDer<'static>, PrivateKeyDer<'static>), ClientError> {
+        self.certificate_with(&CertificateOptions::default())
+    }
+
+    /// A self-signed certificate with a subject, SANs and validity of choice
+    /// (`kes identity new`); with SANs it also carries the server-auth EKU, so
+    /// the same identity can run a server.
+    pub fn certificate_with(
+        &self,
+        opts: &CertificateOptions,
+    ) -> Result<(CertificateDer<'static>, PrivateKeyDer<'static>), ClientError> {
+        let e = |e: rcgen::Error| ClientError::Certificate(e.to_string());
         let der = self.pkcs8();
         let pkcs8 = PrivatePkcs8KeyDer::from(der.to_vec());
-        let pair = rcgen::KeyPair::try_from(&pkcs8)
-            .map_err(|e| ClientError::Certificate(e.to_string()))?;
-        let mut params = rcgen::CertificateParams::new(Vec::<String>::new())
-            .map_err(|e| ClientError::Certificate(e.to_string()))?;
-        params.distinguished_name.push(rcgen::DnType::CommonName, self.identity()?.to_string());
+        let pair = rcgen::KeyPair::try_from(&pkcs8).map_err(e)?;
+        let mut sans: Vec<String> = opts.dns.clone();
+        sans.extend(opts.ips.iter().map(|ip| ip.to_string()));
+        let server_auth = !sans.is_empty();
+        let mut params = rcgen::CertificateParams::new(sans).map_err(e)?;
+        let cn = match &opts.subject {
+            Some(s) => s.clone(),
+            None => self.identity()?.to_string(),
+        };
+        params.distinguished_name.push(rcgen::DnType::CommonName, cn);
         params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
-        params.not_before = rcgen::date_time_ymd(2000, 1, 1);
-        params.not_after = rcgen::date_time_ymd(9999, 12, 31);
-        let cert =
-            params.self_signed(&pair).map_err(|e| ClientError::Certificate(e.to_string()))?;
+        if server_auth {
+            params.extended_key_usages.push(rcgen::ExtendedKeyUsagePurpose::ServerAuth);
+        }
+        match opts.expiry {
+            Some(d) => {
+                let now = std::time::SystemTime::now();
+                params.not_before = now.into();
+                params.not_after = (now + d).into();
+            }
+            None => {
+                params.not_before = rcgen::date_time_ymd(2000, 1, 1);
+                params.not_after = rcgen::date_time_ymd(9999, 12, 31);
+            }
+        }
+        let cert = params.self_signed(&pair).map_err(e)?;
         Ok((cert.der().clone(), PrivateKeyDer::Pkcs8(pkcs8)))
     }
+}
+
+/// What `kes identity new` can put into a certificate.
+#[derive(Clone, Debug, Default)]
+pub struct CertificateOptions {
+    /// Common name (default: the identity).
+    pub subject: Option<String>,
+    /// DNS names.
+    pub dns: Vec<String>,
+    /// IP addresses.
+    pub ips: Vec<std::net::IpAddr>,
+    /// Validity from now (default: until 9999).
+    pub expiry: Option<std::time::Duration>,
 }
 
 impl fmt::Debug for ApiKey {

@@ -59,7 +59,7 @@ use base64::Engine;
 use serde_json::{json, Value};
 use zeroize::Zeroizing;
 
-pub use apikey::ApiKey;
+pub use apikey::{ApiKey, CertificateOptions};
 pub use error::ClientError;
 pub use transport::LogLines;
 use transport::{Endpoint, Transport};

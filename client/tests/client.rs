@@ -178,3 +178,49 @@ fn identity_matches_server_view() {
     let _ = id;
     s.server.stop();
 }
+
+#[test]
+fn wrong_server_name_is_refused() {
+    let dir = std::env::temp_dir().join(format!("kes-client-name-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    // The certificate names only kes.example, not the address we dial.
+    let cert = rcgen::CertificateParams::new(vec!["kes.example".into()])
+        .unwrap()
+        .self_signed(&key)
+        .unwrap();
+    std::fs::write(dir.join("server.cert"), cert.pem()).unwrap();
+    std::fs::write(dir.join("server.key"), key.serialize_pem()).unwrap();
+    let admin = ApiKey::generate();
+    let mut config = Config::empty();
+    config.admin = AdminSetting::Identity(admin.identity().unwrap());
+    let auth = kes_adapters::tls::ClientAuth { verify: false, required: true };
+    let tls = kes_adapters::tls::server_config(
+        &dir.join("server.cert"),
+        &dir.join("server.key"),
+        None,
+        auth,
+        None,
+    )
+    .unwrap();
+    let server = start(ServerOptions {
+        config,
+        addr: "127.0.0.1:0".parse().unwrap(),
+        tls,
+        store: Arc::new(kes_adapters::store::MemStore::default()),
+        threads: 1,
+    })
+    .unwrap();
+    let c = ClientBuilder::new([format!("https://127.0.0.1:{}", server.addr().port())])
+        .credentials(Credentials::ApiKey(admin))
+        .ca_file(dir.join("server.cert").to_str().unwrap())
+        .build_blocking()
+        .unwrap();
+    match c.version() {
+        Err(ClientError::Certificate(m)) => {
+            assert!(m.contains("NotValidForName") || m.contains("name"), "{m}")
+        }
+        other => panic!("expected a certificate error, got {other:?}"),
+    }
+    server.stop();
+}
