@@ -570,13 +570,8 @@ fn identity_of_rsa_ecdsa_ed25519_and_new_with_sans() {
     );
     assert_eq!(code, 0, "{err}");
     let text = sh("openssl x509 -in srv.cert -noout -text");
-    assert!(
-        text.contains("IP Address:127.0.0.1")
-            && text.contains("DNS:kes.local")
-            && text.contains("CN = my-server")
-            || text.contains("CN=my-server"),
-        "{text}"
-    );
+    assert!(text.contains("IP Address:127.0.0.1") && text.contains("DNS:kes.local"), "{text}");
+    assert!(text.contains("CN = my-server") || text.contains("CN=my-server"), "{text}");
 }
 
 fn rustls_pem(pem: &str) -> Vec<u8> {
