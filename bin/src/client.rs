@@ -205,6 +205,9 @@ conn_fields! {
     #[derive(FromArgs)]
     #[argh(subcommand, name = "dek")]
     struct KeyDek {
+        /// print JSON
+        #[argh(switch)]
+        json: bool,
         /// key name
         #[argh(positional)]
         name: String,
@@ -219,6 +222,9 @@ conn_fields! {
     #[derive(FromArgs)]
     #[argh(subcommand, name = "encrypt")]
     struct KeyEncrypt {
+        /// print JSON
+        #[argh(switch)]
+        json: bool,
         /// key name
         #[argh(positional)]
         name: String,
@@ -233,6 +239,9 @@ conn_fields! {
     #[derive(FromArgs)]
     #[argh(subcommand, name = "decrypt")]
     struct KeyDecrypt {
+        /// print JSON
+        #[argh(switch)]
+        json: bool,
         /// key name
         #[argh(positional)]
         name: String,
@@ -250,6 +259,9 @@ conn_fields! {
     #[derive(FromArgs)]
     #[argh(subcommand, name = "hmac")]
     struct KeyHmac {
+        /// print JSON
+        #[argh(switch)]
+        json: bool,
         /// key name
         #[argh(positional)]
         name: String,
@@ -328,7 +340,7 @@ impl KeyCmd {
                     .map_err(|e| format!("failed to derive key: {e}"))?;
                 let (pt, ct) =
                     (STANDARD.encode(dek.plaintext.as_slice()), STANDARD.encode(&dek.ciphertext));
-                if tty() {
+                if tty() && !c.json {
                     println!("\nplaintext:  {pt}\nciphertext: {ct}");
                 } else {
                     println!("{}", json!({"plaintext": pt, "ciphertext": ct}));
@@ -341,7 +353,7 @@ impl KeyCmd {
                     .encrypt(&c.name, c.message.as_bytes(), b"")
                     .map_err(|e| format!("failed to encrypt message: {e}"))?;
                 let ct = STANDARD.encode(ct);
-                if tty() {
+                if tty() && !c.json {
                     println!("\nciphertext: {ct}");
                 } else {
                     println!("{}", json!({"ciphertext": ct}));
@@ -359,7 +371,7 @@ impl KeyCmd {
                     .decrypt(&c.name, &ct, &ctx)
                     .map_err(|e| format!("failed to decrypt ciphertext: {e}"))?;
                 let pt = STANDARD.encode(pt.as_slice());
-                if tty() {
+                if tty() && !c.json {
                     println!("\nplaintext: {pt}");
                 } else {
                     println!("{}", json!({"plaintext": pt}));
@@ -372,7 +384,7 @@ impl KeyCmd {
                     .hmac(&c.name, c.message.as_bytes())
                     .map_err(|e| format!("failed to compute HMAC: {e}"))?;
                 let hex: String = mac.iter().map(|b| format!("{b:02x}")).collect();
-                if tty() {
+                if tty() && !c.json {
                     println!("\nhmac: {hex}");
                 } else {
                     println!("{}", json!({"hmac": hex}));
@@ -521,7 +533,7 @@ conn_fields! {
         #[argh(switch)]
         json: bool,
         /// print only whether the server is reachable
-        #[argh(switch, short = 'q')]
+        #[argh(switch)]
         short: bool,
     }
 }
