@@ -90,6 +90,25 @@ fn print_list(header: &str, items: &[String], as_json: bool) {
     }
 }
 
+/// Runs `f` for each name in order, stopping at the first failure (as KES
+/// does: earlier ones stay done).
+fn each_name(
+    names: &[String],
+    cmd: &str,
+    client: &Client,
+    f: impl Fn(&Client, &str) -> Result<(), String>,
+) -> Result<(), String> {
+    if names.is_empty() {
+        return Err(format!("no key name specified. See 'kes key {cmd} --help'"));
+    }
+    names.iter().try_for_each(|n| f(client, n))
+}
+
+/// An optional base64 argument (absent: empty).
+fn decode_opt(what: &str, s: Option<&String>) -> Result<Vec<u8>, String> {
+    s.map_or(Ok(Vec::new()), |s| decode(what, s))
+}
+
 fn decode(what: &str, s: &str) -> Result<Vec<u8>, String> {
     STANDARD.decode(s.trim()).map_err(|e| format!("invalid {what}: {e}"))
 }
@@ -274,18 +293,9 @@ conn_fields! {
 impl KeyCmd {
     pub fn run(self) -> Result<(), String> {
         match self.cmd {
-            KeySub::Create(c) => {
-                if c.names.is_empty() {
-                    return Err("no key name specified. See 'kes key create --help'".into());
-                }
-                let client = c.client()?;
-                for n in &c.names {
-                    client
-                        .create_key(n)
-                        .map_err(|e| format!("failed to create key \"{n}\": {e}"))?;
-                }
-                Ok(())
-            }
+            KeySub::Create(c) => each_name(&c.names, "create", &c.client()?, |client, n| {
+                client.create_key(n).map_err(|e| format!("failed to create key \"{n}\": {e}"))
+            }),
             KeySub::Import(c) => {
                 let key = zeroize::Zeroizing::new(decode("key", &c.key)?);
                 c.client()?
@@ -317,23 +327,11 @@ impl KeyCmd {
                 print_list("Key", &names, c.json);
                 Ok(())
             }
-            KeySub::Rm(c) => {
-                if c.names.is_empty() {
-                    return Err("no key name specified. See 'kes key rm --help'".into());
-                }
-                let client = c.client()?;
-                for n in &c.names {
-                    client
-                        .delete_key(n)
-                        .map_err(|e| format!("failed to remove key \"{n}\": {e}"))?;
-                }
-                Ok(())
-            }
+            KeySub::Rm(c) => each_name(&c.names, "rm", &c.client()?, |client, n| {
+                client.delete_key(n).map_err(|e| format!("failed to remove key \"{n}\": {e}"))
+            }),
             KeySub::Dek(c) => {
-                let ctx = match &c.context {
-                    Some(s) => decode("context", s)?,
-                    None => Vec::new(),
-                };
+                let ctx = decode_opt("context", c.context.as_ref())?;
                 let dek = c
                     .client()?
                     .generate_key(&c.name, &ctx)
@@ -362,10 +360,7 @@ impl KeyCmd {
             }
             KeySub::Decrypt(c) => {
                 let ct = decode("ciphertext", &c.ciphertext)?;
-                let ctx = match &c.context {
-                    Some(s) => decode("context", s)?,
-                    None => Vec::new(),
-                };
+                let ctx = decode_opt("context", c.context.as_ref())?;
                 let pt = c
                     .client()?
                     .decrypt(&c.name, &ct, &ctx)
