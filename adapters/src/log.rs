@@ -4,6 +4,7 @@
 //! events it cannot take are dropped for that subscriber alone.
 
 use std::io::Write;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use kes_core::Event;
@@ -20,6 +21,8 @@ pub struct LogHub {
     error_stderr: bool,
     audit_subs: Mutex<Vec<smol::channel::Sender<Arc<str>>>>,
     error_subs: Mutex<Vec<smol::channel::Sender<Arc<str>>>>,
+    /// Live audit subscribers, readable without the lock (asked per request).
+    audit_count: AtomicUsize,
 }
 
 impl LogHub {
@@ -30,19 +33,24 @@ impl LogHub {
             error_stderr,
             audit_subs: Mutex::new(Vec::new()),
             error_subs: Mutex::new(Vec::new()),
+            audit_count: AtomicUsize::new(0),
         }
     }
 
     /// Whether anybody wants audit events right now.
     pub fn wants_audit(&self) -> bool {
-        self.audit_stdout || !lock(&self.audit_subs).is_empty()
+        self.audit_stdout || self.audit_count.load(Ordering::Relaxed) > 0
     }
 
     /// Subscribes to a stream; the receiver yields one JSON line per event.
     pub fn subscribe(&self, which: LogStream) -> smol::channel::Receiver<Arc<str>> {
         let (tx, rx) = smol::channel::bounded(QUEUE);
         match which {
-            LogStream::Audit => lock(&self.audit_subs).push(tx),
+            LogStream::Audit => {
+                let mut subs = lock(&self.audit_subs);
+                subs.push(tx);
+                self.audit_count.store(subs.len(), Ordering::Relaxed);
+            }
             LogStream::Error => lock(&self.error_subs).push(tx),
         }
         rx
@@ -70,6 +78,9 @@ impl LogHub {
             Ok(()) | Err(smol::channel::TrySendError::Full(_)) => true,
             Err(smol::channel::TrySendError::Closed(_)) => false,
         });
+        if matches!(event, Event::Audit(_)) {
+            self.audit_count.store(subs.len(), Ordering::Relaxed);
+        }
     }
 
     /// Writes an operational message (not a request event) to stderr and

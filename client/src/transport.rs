@@ -54,11 +54,19 @@ pub(crate) struct Answer {
     pub body: Vec<u8>,
 }
 
+type Tls = futures_rustls::client::TlsStream<Async<TcpStream>>;
+
+/// Idle connections kept per endpoint.
+const MAX_IDLE: usize = 8;
+
 pub(crate) struct Transport {
     endpoints: Vec<Endpoint>,
     connector: TlsConnector,
     timeout: Duration,
     next: AtomicUsize,
+    /// Kept-alive connections by (host, port), so repeated calls skip the
+    /// TCP and TLS handshakes.
+    idle: std::sync::Mutex<std::collections::HashMap<(String, u16), Vec<Tls>>>,
 }
 
 impl Transport {
@@ -67,7 +75,13 @@ impl Transport {
         tls: Arc<rustls::ClientConfig>,
         timeout: Duration,
     ) -> Self {
-        Self { endpoints, connector: TlsConnector::from(tls), timeout, next: AtomicUsize::new(0) }
+        Self {
+            endpoints,
+            connector: TlsConnector::from(tls),
+            timeout,
+            next: AtomicUsize::new(0),
+            idle: std::sync::Mutex::new(std::collections::HashMap::new()),
+        }
     }
 
     /// Sends a request and maps error statuses to [`ClientError`]s. Endpoints
@@ -86,7 +100,7 @@ impl Transport {
         for i in 0..self.endpoints.len() {
             let ep = &self.endpoints[(start + i) % self.endpoints.len()];
             let attempt = smol::future::or(
-                async { Some(self.exchange(ep, method, path, body).await) },
+                async { Some(self.exchange(ep, method, path, body, idempotent).await) },
                 async {
                     Timer::after(self.timeout).await;
                     None
@@ -209,17 +223,52 @@ impl Transport {
         })
     }
 
+    /// One request/response on a kept-alive connection to `ep` (reused from
+    /// the pool for idempotent calls; a reused connection the server has
+    /// meanwhile closed is replaced by a fresh one, once).
     async fn exchange(
         &self,
         ep: &Endpoint,
         method: &str,
         path: &str,
         body: Option<&[u8]>,
+        idempotent: bool,
     ) -> Result<Answer, Failure> {
-        let mut tls = self.open(ep).await?;
+        if idempotent {
+            if let Some(tls) = self.take_idle(ep) {
+                if let Ok(a) = self.roundtrip(ep, tls, method, path, body).await {
+                    return Ok(a);
+                }
+            }
+        }
+        let tls = self.open(ep).await?;
+        self.roundtrip(ep, tls, method, path, body).await
+    }
+
+    fn take_idle(&self, ep: &Endpoint) -> Option<Tls> {
+        let key = (ep.host.clone(), ep.port);
+        self.idle.lock().unwrap_or_else(|p| p.into_inner()).get_mut(&key)?.pop()
+    }
+
+    fn put_idle(&self, ep: &Endpoint, tls: Tls) {
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        let list = idle.entry((ep.host.clone(), ep.port)).or_default();
+        if list.len() < MAX_IDLE {
+            list.push(tls);
+        }
+    }
+
+    async fn roundtrip(
+        &self,
+        ep: &Endpoint,
+        mut tls: Tls,
+        method: &str,
+        path: &str,
+        body: Option<&[u8]>,
+    ) -> Result<Answer, Failure> {
         let body = body.unwrap_or(&[]);
         let mut req = format!(
-            "{method} {path} HTTP/1.1\r\nHost: {}\r\nContent-Length: {}\r\nConnection: close\r\n",
+            "{method} {path} HTTP/1.1\r\nHost: {}\r\nContent-Length: {}\r\n",
             ep.host,
             body.len()
         )
@@ -234,12 +283,19 @@ impl Transport {
         zeroize::Zeroize::zeroize(&mut req);
         let mut raw = zeroize::Zeroizing::new(Vec::new());
         let mut chunk = [0u8; 16 * 1024];
+        let mut eof = false;
         loop {
             match tls.read(&mut chunk).await {
-                Ok(0) => break,
+                Ok(0) => {
+                    eof = true;
+                    break;
+                }
                 Ok(n) => raw.extend_from_slice(&chunk[..n]),
                 // Servers may close without close_notify after Connection: close.
-                Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof && !raw.is_empty() => break,
+                Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof && !raw.is_empty() => {
+                    eof = true;
+                    break;
+                }
                 Err(e) => return Err(Failure::AfterSend(e)),
             }
             if raw.len() > MAX_ANSWER {
@@ -250,7 +306,14 @@ impl Transport {
             }
         }
         zeroize::Zeroize::zeroize(&mut chunk);
-        parse_answer(&raw).map_err(|e| Failure::AfterSend(std::io::Error::other(e)))
+        let answer =
+            parse_answer(&raw).map_err(|e| Failure::AfterSend(std::io::Error::other(e)))?;
+        let head =
+            String::from_utf8_lossy(&raw[..head_end(&raw).unwrap_or(0)]).to_ascii_lowercase();
+        if !eof && !head.contains("connection: close") {
+            self.put_idle(ep, tls);
+        }
+        Ok(answer)
     }
 }
 

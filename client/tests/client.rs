@@ -197,3 +197,20 @@ fn wrong_server_name_is_refused() {
     }
     s.server.stop();
 }
+
+#[test]
+fn idempotent_calls_reuse_one_connection() {
+    let s = setup("pool", |_| {});
+    let c = ClientBuilder::new([url(&s)])
+        .credentials(Credentials::ApiKey(admin_key(&s)))
+        .ca_file(&s.ca)
+        .build_blocking()
+        .unwrap();
+    c.create_key("pooled").unwrap();
+    for _ in 0..20 {
+        c.generate_key("pooled", b"").unwrap();
+    }
+    // Twenty fresh connections would leave up to eight idle; reuse leaves one.
+    assert_eq!(s.server.open_connections(), 1);
+    s.server.stop();
+}
