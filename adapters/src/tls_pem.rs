@@ -14,10 +14,10 @@ pub fn decrypt_legacy_pem(pem: &str, password: &str) -> Result<PrivateKeyDer<'st
     let begin = pem.find("-----BEGIN ").ok_or("no PEM block")?;
     let rest = &pem[begin + 11..];
     let label_end = rest.find("-----").ok_or("malformed PEM header")?;
-    let label = &rest[..label_end];
+    let label = rest.get(..label_end).ok_or("malformed PEM header")?;
     let body_start = label_end + 5;
     let end = rest.find("-----END ").ok_or("unterminated PEM block")?;
-    let block = &rest[body_start..end];
+    let block = rest.get(body_start..end).ok_or("malformed PEM block")?;
     let mut dek_info = None;
     let mut b64 = String::new();
     for line in block.lines().map(str::trim).filter(|l| !l.is_empty()) {
@@ -91,4 +91,21 @@ fn decode_hex(s: &str) -> Option<Vec<u8>> {
         return None;
     }
     (0..s.len()).step_by(2).map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok()).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn malformed_blocks_are_errors_not_panics() {
+        for pem in [
+            "",
+            "-----BEGIN -----END X-----",
+            "-----BEGIN X-----\nDEK-Info: AES-256-CBC,00\n-----END X-----",
+            "-----BEGIN X-----\nDEK-Info: RC4,0011223344556677\n-----END X-----",
+        ] {
+            assert!(decrypt_legacy_pem(pem, "pw").is_err(), "{pem:?}");
+        }
+    }
 }
