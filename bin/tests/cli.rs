@@ -140,32 +140,28 @@ keystore:
 #[test]
 fn config_errors_name_file_and_line() {
     let dir = tempdir("bad");
-    std::fs::write(
-        dir.join("config.yml"),
+    // Writes `text` as `name` and runs `kes server --config name`: (exit code, stderr).
+    let serve = |name: &str, text: &str| {
+        std::fs::write(dir.join(name), text).unwrap();
+        let out = Command::new(env!("CARGO_BIN_EXE_kes"))
+            .args(["server", "--config", name])
+            .current_dir(&dir)
+            .output()
+            .unwrap();
+        (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    let (code, err) = serve(
+        "config.yml",
         "admin:\n  identity: disabled\ncache:\n  expiry:\n    any: five minutes\n",
-    )
-    .unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_kes"))
-        .args(["server", "--config", "config.yml"])
-        .current_dir(&dir)
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(1));
-    let err = String::from_utf8_lossy(&out.stderr);
+    );
+    assert_eq!(code, Some(1));
     assert!(err.contains("config.yml: line 5:"), "{err}");
 
-    std::fs::write(
-        dir.join("vault.yml"),
-        "admin:\n  identity: disabled\nkeystore:\n  vault:\n    endpoint: https://127.0.0.1:8200\n",
-    )
-    .unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_kes"))
-        .args(["server", "--config", "vault.yml"])
-        .current_dir(&dir)
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("keystore 'vault' is not supported yet"));
+    let vault =
+        "admin:\n  identity: disabled\nkeystore:\n  vault:\n    endpoint: https://127.0.0.1:8200\n";
+    let (code, err) = serve("vault.yml", vault);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("keystore 'vault' is not supported yet"), "{err}");
 
     let out = Command::new(env!("CARGO_BIN_EXE_kes"))
         .args(["server", "--auth", "maybe", "--root", "x"])
