@@ -46,13 +46,20 @@ impl ProxyConfig {
         (caller, ip)
     }
 
+    /// The forwarded client's identity, by the same rule as a direct
+    /// connection ([`Identity::from_chain`]): a proxy that forwards a whole
+    /// chain gets the identity of its first certificate, never a later one.
     fn forwarded_identity(&self, value: &str) -> Result<Identity, IdentityError> {
         let pem = query_unescape(value).ok_or(IdentityError::Malformed)?;
-        let der =
-            CertificateDer::from_pem_slice(pem.as_bytes()).map_err(|_| IdentityError::Malformed)?;
-        let id = Identity::from_certificate(&der)?;
+        let chain = CertificateDer::pem_slice_iter(pem.as_bytes())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|_| IdentityError::Malformed)?;
+        if chain.is_empty() {
+            return Err(IdentityError::Malformed);
+        }
+        let id = Identity::from_chain(&chain)?;
         if let Some(v) = &self.verifier {
-            v.verify_client_cert(&der, &[], UnixTime::now())
+            v.verify_client_cert(&chain[0], &chain[1..], UnixTime::now())
                 .map_err(|_| IdentityError::Untrusted)?;
         }
         Ok(id)
@@ -118,6 +125,63 @@ mod tests {
         assert_eq!(
             p.resolve(&["junk".into()], None, peer).0,
             Caller::Anonymous(IdentityError::Malformed)
+        );
+    }
+
+    fn escaped_pem(ders: &[&[u8]]) -> String {
+        use base64::Engine as _;
+        let mut pem = String::new();
+        for der in ders {
+            let b64 = base64::engine::general_purpose::STANDARD.encode(der);
+            pem.push_str("-----BEGIN CERTIFICATE-----\n");
+            for line in b64.as_bytes().chunks(64) {
+                pem.push_str(std::str::from_utf8(line).unwrap());
+                pem.push('\n');
+            }
+            pem.push_str("-----END CERTIFICATE-----\n");
+        }
+        pem.bytes()
+            .map(|b| {
+                if b.is_ascii_alphanumeric() {
+                    (b as char).to_string()
+                } else {
+                    format!("%{b:02X}")
+                }
+            })
+            .collect()
+    }
+
+    fn cert(ca: bool) -> Vec<u8> {
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        if ca {
+            p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        }
+        p.self_signed(&key).unwrap().der().to_vec()
+    }
+
+    /// A proxy forwarding [attacker's CA, admin's leaf] must not make the
+    /// request the admin's: same first-certificate rule as direct TLS.
+    #[test]
+    fn forwarded_chain_takes_only_the_first_certificate() {
+        let p =
+            ProxyConfig { identities: vec![], header: "X-Tls-Client-Cert".into(), verifier: None };
+        let peer: IpAddr = "127.0.0.1".parse().unwrap();
+        let (own_ca, admin, leaf, inter) = (cert(true), cert(false), cert(false), cert(true));
+        let admin_id = Identity::from_certificate(&admin).unwrap();
+        let attack = escaped_pem(&[&own_ca, &admin]);
+        let got = p.resolve(&[attack], None, peer).0;
+        assert_eq!(got, Caller::Anonymous(IdentityError::CaFirst));
+        assert_ne!(got.identity(), Some(admin_id));
+        let legit = escaped_pem(&[&leaf, &inter]);
+        assert_eq!(
+            p.resolve(&[legit], None, peer).0,
+            Caller::Identified(Identity::from_certificate(&leaf).unwrap())
+        );
+        let lone_ca = escaped_pem(&[&own_ca]);
+        assert_eq!(
+            p.resolve(&[lone_ca], None, peer).0,
+            Caller::Identified(Identity::from_certificate(&own_ca).unwrap())
         );
     }
 }

@@ -5,7 +5,7 @@ mod common;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
@@ -213,10 +213,6 @@ fn api_overrides_show_in_api_listing() {
 /// only a listed proxy may speak for another identity.
 #[test]
 fn tls_proxy_with_nginx() {
-    let nginx = ["/usr/sbin/nginx", "/usr/bin/nginx"]
-        .into_iter()
-        .find(|p| std::path::Path::new(p).exists())
-        .expect("nginx is required for this test (.ci/run installs it)");
     let pki = Pki::new();
     let admin = pki.client("admin");
     let proxy = pki.client("nginx");
@@ -234,74 +230,9 @@ fn tls_proxy_with_nginx() {
     );
     let server = pki.start(config);
     let audit = server.logs().subscribe(LogStream::Audit);
-    let port = free_port();
-    let dir = tempdir("nginx");
-    std::fs::create_dir_all(dir.join("tmp")).unwrap();
-    let conf = format!(
-        r#"daemon off;
-master_process off;
-worker_processes 1;
-pid {dir}/nginx.pid;
-error_log {dir}/error.log;
-events {{ }}
-http {{
-  access_log off;
-  client_body_temp_path {dir}/tmp;
-  proxy_temp_path {dir}/tmp;
-  fastcgi_temp_path {dir}/tmp;
-  uwsgi_temp_path {dir}/tmp;
-  scgi_temp_path {dir}/tmp;
-  server {{
-    listen 127.0.0.1:{port} ssl;
-    ssl_certificate {cert};
-    ssl_certificate_key {key};
-    ssl_verify_client optional_no_ca;
-    location / {{
-      proxy_pass https://127.0.0.1:{kes};
-      proxy_http_version 1.1;
-      proxy_ssl_certificate {pcert};
-      proxy_ssl_certificate_key {pkey};
-      proxy_set_header X-Tls-Client-Cert $ssl_client_escaped_cert;
-      proxy_set_header X-Forwarded-For 192.0.2.7;
-    }}
-  }}
-}}
-"#,
-        dir = dir.display(),
-        cert = pki.server_cert.display(),
-        key = pki.server_key.display(),
-        kes = server.addr().port(),
-        pcert = proxy.cert_file.display(),
-        pkey = proxy.key_file.display(),
-    );
-    std::fs::write(dir.join("nginx.conf"), conf).unwrap();
-    let mut child = std::process::Command::new(nginx)
-        .args(["-p", dir.to_str().unwrap(), "-c", dir.join("nginx.conf").to_str().unwrap()])
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    struct Kill(std::process::Child);
-    impl Drop for Kill {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-    let _guard = Kill(child_take(&mut child));
-    let via_nginx = Client::new(&pki, Some(&app), format!("127.0.0.1:{port}").parse().unwrap());
-    let started = Instant::now();
-    let r = loop {
-        match via_nginx.call("POST", "/v1/key/create/app-1", b"") {
-            Ok(r) => break r,
-            Err(_) if started.elapsed() < Duration::from_secs(10) => {
-                std::thread::sleep(Duration::from_millis(50))
-            }
-            Err(e) => panic!(
-                "nginx did not come up: {e}; {}",
-                std::fs::read_to_string(dir.join("error.log")).unwrap_or_default()
-            ),
-        }
-    };
+    let nginx = Nginx::start(&pki, server.addr(), &proxy);
+    let via_nginx = Client::new(&pki, Some(&app), nginx.addr());
+    let r = via_nginx.call("POST", "/v1/key/create/app-1", b"").unwrap();
     assert_eq!(r.status, 200, "the forwarded identity is the app's: {}", r.text());
     let v: Value = serde_json::from_str(&audit.recv_blocking().unwrap()).unwrap();
     assert_eq!(v["request"]["identity"], app.identity.to_string());
@@ -334,10 +265,6 @@ http {{
         (400, Some("no client certificate is present"))
     );
     server.stop();
-}
-
-fn child_take(c: &mut std::process::Child) -> std::process::Child {
-    std::mem::replace(c, std::process::Command::new("true").spawn().unwrap())
 }
 
 /// Reloading config and TLS certificates while clients hammer the server

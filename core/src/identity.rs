@@ -26,30 +26,35 @@ impl Identity {
         Ok(Self::from_spki_der(info.spki))
     }
 
-    /// The identity of a peer chain (leaf first), following KES: CA
-    /// certificates are skipped, exactly one other certificate must remain,
-    /// and a lone CA certificate is still accepted (seed-era behaviour that
-    /// self-signed `openssl req -x509` client certificates depend on).
+    /// The identity of a peer chain (leaf first).
+    ///
+    /// Only the first certificate can be the identity: it is the one whose
+    /// private key the TLS handshake proved the peer holds. Both original KES
+    /// versions skipped `CA:TRUE` certificates and took the identity from a
+    /// later one, which let anyone send [own CA certificate, admin's
+    /// certificate] and act as admin (policy-identity.md §1.1). So:
+    /// - a lone certificate is its own identity, CA or not (self-signed
+    ///   `openssl req -x509` client certificates are `CA:TRUE`);
+    /// - in a longer chain the first must not be a CA (a CA first means the
+    ///   client is presenting someone else's leaf after it) and every later
+    ///   one must be a CA (intermediates); they never become the identity.
     pub fn from_chain<C: AsRef<[u8]>>(chain: &[C]) -> Result<Self, IdentityError> {
-        match chain {
-            [] => Err(IdentityError::Missing),
-            [only] => Self::from_certificate(only.as_ref()),
-            many => {
-                let mut found = None;
-                for cert in many {
-                    let info =
-                        der::parse_certificate(cert.as_ref()).ok_or(IdentityError::Malformed)?;
-                    if info.is_ca {
-                        continue;
-                    }
-                    if found.is_some() {
-                        return Err(IdentityError::TooMany);
-                    }
-                    found = Some(Self::from_spki_der(info.spki));
+        let Some((first, rest)) = chain.split_first() else {
+            return Err(IdentityError::Missing);
+        };
+        let leaf = der::parse_certificate(first.as_ref()).ok_or(IdentityError::Malformed)?;
+        if !rest.is_empty() {
+            if leaf.is_ca {
+                return Err(IdentityError::CaFirst);
+            }
+            for cert in rest {
+                let info = der::parse_certificate(cert.as_ref()).ok_or(IdentityError::Malformed)?;
+                if !info.is_ca {
+                    return Err(IdentityError::TooMany);
                 }
-                found.ok_or(IdentityError::Missing)
             }
         }
+        Ok(Self::from_spki_der(leaf.spki))
     }
 
     /// Parses 64 lowercase hex characters; anything else is not an identity
@@ -104,6 +109,9 @@ pub enum IdentityError {
     Missing,
     /// More than one non-CA certificate was sent.
     TooMany,
+    /// A chain starts with a CA certificate followed by others: the identity
+    /// would have to come from a certificate the handshake did not prove.
+    CaFirst,
     /// A certificate could not be parsed.
     Malformed,
     /// A TLS proxy forwarded no client certificate header.
@@ -119,6 +127,9 @@ impl fmt::Display for IdentityError {
         f.write_str(match self {
             Self::Missing => "tls: client certificate is required",
             Self::TooMany => "tls: received more than one client certificate",
+            Self::CaFirst => {
+                "tls: the first client certificate is a CA certificate: send the client's own certificate first"
+            }
             Self::Malformed => "invalid client certificate",
             Self::ProxyMissing => "no client certificate is present",
             Self::ProxyTooMany => "too many client certificates are present",
@@ -171,6 +182,67 @@ mod tests {
         assert_eq!(Identity::parse(s).unwrap().to_string(), s);
         assert!(Identity::parse("disabled").is_none());
         assert!(Identity::parse(&s.to_uppercase()).is_none());
+    }
+
+    fn cert(ca: bool) -> Vec<u8> {
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        if ca {
+            p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        }
+        p.self_signed(&key).unwrap().der().to_vec()
+    }
+
+    fn id(der: &[u8]) -> Identity {
+        Identity::from_certificate(der).unwrap()
+    }
+
+    #[test]
+    fn identity_is_the_first_certificate_only() {
+        let (leaf, ca, admin, other_ca) = (cert(false), cert(true), cert(false), cert(true));
+        // Alone, any certificate is its own identity (seed: even a CA one).
+        assert_eq!(Identity::from_chain(&[&leaf]), Ok(id(&leaf)));
+        assert_eq!(Identity::from_chain(&[&ca]), Ok(id(&ca)));
+        // A leaf with intermediates: the leaf.
+        assert_eq!(Identity::from_chain(&[&leaf, &ca, &other_ca]), Ok(id(&leaf)));
+        // The escalation: own CA first, someone else's leaf after it. The
+        // later certificate must never become the identity.
+        assert_eq!(Identity::from_chain(&[&ca, &admin]), Err(IdentityError::CaFirst));
+        assert_eq!(Identity::from_chain(&[&ca, &other_ca, &admin]), Err(IdentityError::CaFirst));
+        // Two leaves: refused as KES does.
+        assert_eq!(Identity::from_chain(&[&leaf, &admin]), Err(IdentityError::TooMany));
+        assert_eq!(Identity::from_chain::<&[u8]>(&[]), Err(IdentityError::Missing));
+        assert_eq!(Identity::from_chain(&[&leaf, &b"junk"[..]]), Err(IdentityError::Malformed));
+    }
+
+    #[test]
+    fn no_chain_ever_yields_a_later_certificate() {
+        // Exhaustive over chains of up to three from {leaf, CA, victim}: the
+        // result is the first certificate's identity or an error.
+        let certs = [cert(false), cert(true), cert(false), cert(true)];
+        let victim = id(&certs[2]);
+        let mut chains: Vec<Vec<&[u8]>> = vec![vec![]];
+        for _ in 0..3 {
+            let longer: Vec<Vec<&[u8]>> = chains
+                .iter()
+                .flat_map(|c| {
+                    certs.iter().map(move |x| {
+                        let mut c = c.clone();
+                        c.push(x.as_slice());
+                        c
+                    })
+                })
+                .collect();
+            chains.extend(longer);
+        }
+        for chain in chains.iter().filter(|c| !c.is_empty()) {
+            if let Ok(got) = Identity::from_chain(chain) {
+                assert_eq!(got, id(chain[0]));
+                if chain[0] != certs[2].as_slice() {
+                    assert_ne!(got, victim);
+                }
+            }
+        }
     }
 
     fn hex(s: &str) -> Vec<u8> {

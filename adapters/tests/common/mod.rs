@@ -91,6 +91,63 @@ impl Pki {
         }
     }
 
+    /// A self-signed `CA:TRUE` certificate and its key: what an attacker can
+    /// make for themself.
+    pub fn own_ca(&self, name: &str) -> Id {
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        p.distinguished_name.push(rcgen::DnType::CommonName, name);
+        let cert = p.self_signed(&key).unwrap();
+        self.id_files(name, vec![cert.der().clone()], &key)
+    }
+
+    /// A client certificate issued by an intermediate CA that the test CA
+    /// signed; `certs` is the chain [leaf, intermediate].
+    pub fn client_via_intermediate(&self, name: &str) -> Id {
+        let ikey = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        p.distinguished_name.push(rcgen::DnType::CommonName, format!("{name} intermediate"));
+        let inter = p.signed_by(&ikey, &self.ca_cert, &self.ca_key).unwrap();
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        p.distinguished_name.push(rcgen::DnType::CommonName, name);
+        p.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+        let leaf = p.signed_by(&key, &inter, &ikey).unwrap();
+        self.id_files(name, vec![leaf.der().clone(), inter.der().clone()], &key)
+    }
+
+    /// A client certificate signed directly by the test CA.
+    pub fn client_signed(&self, name: &str) -> Id {
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        p.distinguished_name.push(rcgen::DnType::CommonName, name);
+        p.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+        let cert = p.signed_by(&key, &self.ca_cert, &self.ca_key).unwrap();
+        self.id_files(name, vec![cert.der().clone()], &key)
+    }
+
+    fn id_files(
+        &self,
+        name: &str,
+        certs: Vec<CertificateDer<'static>>,
+        key: &rcgen::KeyPair,
+    ) -> Id {
+        let cert_file = self.dir.join(format!("{name}.cert"));
+        let key_file = self.dir.join(format!("{name}.key"));
+        let pem: String = certs.iter().map(|c| der_to_pem(c)).collect();
+        std::fs::write(&cert_file, pem).unwrap();
+        std::fs::write(&key_file, key.serialize_pem()).unwrap();
+        Id {
+            identity: Identity::from_certificate(&certs[0]).unwrap(),
+            cert_file,
+            key_file,
+            certs,
+            key_pem: key.serialize_pem(),
+        }
+    }
+
     /// Starts a server with `config` (admin is set by the caller).
     pub fn start(&self, config: Config) -> RunningServer {
         let store: Arc<dyn KeyStore> = match &config.keystore {
@@ -101,8 +158,8 @@ impl Pki {
             verify: config.tls.auth.unwrap_or(false),
             required: !config.any_skip_auth(),
         };
-        let tls =
-            tls::server_config(&self.server_cert, &self.server_key, None, auth, None).unwrap();
+        let ca = config.tls.ca.as_deref().map(Path::new);
+        let tls = tls::server_config(&self.server_cert, &self.server_key, None, auth, ca).unwrap();
         start(ServerOptions {
             config,
             addr: "127.0.0.1:0".parse().unwrap(),
@@ -131,6 +188,19 @@ impl Pki {
             None => b.with_no_client_auth(),
         })
     }
+}
+
+/// One certificate as PEM.
+pub fn der_to_pem(der: &[u8]) -> String {
+    use base64::Engine as _;
+    let b64 = base64::engine::general_purpose::STANDARD.encode(der);
+    let mut pem = String::from("-----BEGIN CERTIFICATE-----\n");
+    for line in b64.as_bytes().chunks(64) {
+        pem.push_str(std::str::from_utf8(line).unwrap());
+        pem.push('\n');
+    }
+    pem.push_str("-----END CERTIFICATE-----\n");
+    pem
 }
 
 /// A config with `admin` as admin and everything else default.
@@ -315,4 +385,90 @@ pub fn read_stream_head(s: &mut Tls) -> std::io::Result<u16> {
 /// A free loopback port (bound and released).
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// A real nginx (Debian's nginx-light) terminating client TLS in front of a
+/// kes server and forwarding the client certificate as `X-Tls-Client-Cert`,
+/// authenticated to kes as `proxy`. Stopped on drop.
+pub struct Nginx {
+    child: std::process::Child,
+    port: u16,
+    pub dir: PathBuf,
+}
+
+impl Nginx {
+    pub fn start(pki: &Pki, kes: SocketAddr, proxy: &Id) -> Self {
+        let bin = ["/usr/sbin/nginx", "/usr/bin/nginx"]
+            .into_iter()
+            .find(|p| Path::new(p).exists())
+            .expect("nginx is required for this test (.ci/run installs it)");
+        let port = free_port();
+        let dir = tempdir("nginx");
+        std::fs::create_dir_all(dir.join("tmp")).unwrap();
+        let conf = format!(
+            r#"daemon off;
+master_process off;
+worker_processes 1;
+pid {dir}/nginx.pid;
+error_log {dir}/error.log;
+events {{ }}
+http {{
+  access_log off;
+  client_body_temp_path {dir}/tmp;
+  proxy_temp_path {dir}/tmp;
+  fastcgi_temp_path {dir}/tmp;
+  uwsgi_temp_path {dir}/tmp;
+  scgi_temp_path {dir}/tmp;
+  server {{
+    listen 127.0.0.1:{port} ssl;
+    ssl_certificate {cert};
+    ssl_certificate_key {key};
+    ssl_verify_client optional_no_ca;
+    location / {{
+      proxy_pass https://127.0.0.1:{kes};
+      proxy_http_version 1.1;
+      proxy_ssl_certificate {pcert};
+      proxy_ssl_certificate_key {pkey};
+      proxy_set_header X-Tls-Client-Cert $ssl_client_escaped_cert;
+      proxy_set_header X-Forwarded-For 192.0.2.7;
+    }}
+  }}
+}}
+"#,
+            dir = dir.display(),
+            cert = pki.server_cert.display(),
+            key = pki.server_key.display(),
+            kes = kes.port(),
+            pcert = proxy.cert_file.display(),
+            pkey = proxy.key_file.display(),
+        );
+        std::fs::write(dir.join("nginx.conf"), conf).unwrap();
+        let child = std::process::Command::new(bin)
+            .args(["-p", dir.to_str().unwrap(), "-c", dir.join("nginx.conf").to_str().unwrap()])
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let nginx = Self { child, port, dir };
+        let started = std::time::Instant::now();
+        while TcpStream::connect(nginx.addr()).is_err() {
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "nginx did not come up: {}",
+                std::fs::read_to_string(nginx.dir.join("error.log")).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        nginx
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.port))
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
