@@ -7,6 +7,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod chunked;
 pub mod clock;
 pub mod driver;
 pub mod heap;

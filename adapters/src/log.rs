@@ -83,6 +83,16 @@ impl LogHub {
         }
     }
 
+    /// Drops subscribers whose stream has ended, with whatever they had
+    /// queued; called when a stream connection goes away so that its memory
+    /// is freed at once, not at the next event (which may never come).
+    pub fn release_closed(&self) {
+        lock(&self.error_subs).retain(|s| !s.is_closed());
+        let mut audit = lock(&self.audit_subs);
+        audit.retain(|s| !s.is_closed());
+        self.audit_count.store(audit.len(), Ordering::Relaxed);
+    }
+
     /// Writes an operational message (not a request event) to stderr and
     /// error subscribers.
     pub fn error(&self, message: &str) {
@@ -122,5 +132,11 @@ mod tests {
         drop(slow);
         hub.publish(&Event::Error(ErrorEvent { time: Default::default(), message: "x".into() }));
         assert_eq!(lock(&hub.error_subs).len(), 1, "closed subscribers are dropped");
+        let audit = hub.subscribe(LogStream::Audit);
+        assert!(hub.wants_audit());
+        drop((audit, fast));
+        hub.release_closed();
+        assert!(!hub.wants_audit(), "a gone audit subscriber stops audit work");
+        assert!(lock(&hub.error_subs).is_empty());
     }
 }

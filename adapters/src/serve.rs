@@ -15,8 +15,9 @@ use rand_core::OsRng;
 use smol::io::{AsyncReadExt, AsyncWriteExt};
 use smol::Executor;
 
+use crate::chunked::{ChunkError, ChunkedDecoder};
 use crate::driver::{self, DriverHandle, Input};
-use crate::http::{self, HeadError};
+use crate::http::{self, BodyFraming, HeadError};
 use crate::log::LogHub;
 use crate::proxy::ProxyConfig;
 use crate::store::KeyStore;
@@ -278,7 +279,7 @@ async fn connection(tcp: Async<TcpStream>, peer: SocketAddr, shared: &Shared) {
         let proxy = read(&shared.proxy).clone().filter(|p| p.is_proxy(&caller));
         let header = proxy.as_ref().map(|p| p.header.as_str());
         let interruptible = served > 0;
-        let head = match read_head(
+        let (head, received) = match read_head(
             &mut stream,
             &mut inbox,
             head_deadline,
@@ -301,7 +302,7 @@ async fn connection(tcp: Async<TcpStream>, peer: SocketAddr, shared: &Shared) {
             None => (caller, peer.ip()),
         };
         shared.live.active.fetch_add(1, Ordering::Relaxed);
-        let keep = serve_one(&mut stream, &mut inbox, head, caller, ip, shared).await;
+        let keep = serve_one(&mut stream, &mut inbox, head, received, caller, ip, shared).await;
         shared.live.active.fetch_sub(1, Ordering::Relaxed);
         if !keep || shared.draining.load(Ordering::SeqCst) && inbox.data.is_empty() {
             let _ = stream.close().await;
@@ -310,22 +311,24 @@ async fn connection(tcp: Async<TcpStream>, peer: SocketAddr, shared: &Shared) {
     }
 }
 
-/// Reads one request head. `Ok(None)`: the client closed, timed out, or the
-/// server is draining and no request had started.
+/// Reads one request head and tells when its first byte arrived (for a
+/// pipelined request already buffered: when it was taken up). `Ok(None)`:
+/// the client closed, timed out, or the server is draining and no request
+/// had started.
 async fn read_head(
     stream: &mut Stream,
     inbox: &mut Inbox,
     idle_deadline: Instant,
     proxy_header: Option<&str>,
     drain: Option<&smol::channel::Receiver<()>>,
-) -> Result<Option<http::Head>, HeadError> {
-    let mut until =
-        if inbox.data.is_empty() { idle_deadline } else { Instant::now() + HEADER_TIMEOUT };
+) -> Result<Option<(http::Head, Instant)>, HeadError> {
+    let mut started = (!inbox.data.is_empty()).then(Instant::now);
+    let mut until = if started.is_none() { idle_deadline } else { Instant::now() + HEADER_TIMEOUT };
     loop {
-        if !inbox.data.is_empty() {
+        if let Some(at) = started {
             if let Some((head, n)) = http::parse_head(&inbox.data, proxy_header)? {
                 inbox.data.drain(..n);
-                return Ok(Some(head));
+                return Ok(Some((head, at)));
             }
         }
         let was_empty = inbox.data.is_empty();
@@ -344,7 +347,9 @@ async fn read_head(
             None | Some(None) | Some(Some(Ok(0))) | Some(Some(Err(_))) => return Ok(None),
             Some(Some(Ok(_))) => {
                 if was_empty {
-                    until = until.min(Instant::now() + HEADER_TIMEOUT);
+                    let at = Instant::now();
+                    started = Some(at);
+                    until = until.min(at + HEADER_TIMEOUT);
                 }
             }
         }
@@ -384,6 +389,7 @@ async fn serve_one(
     stream: &mut Stream,
     inbox: &mut Inbox,
     head: http::Head,
+    received: Instant,
     caller: Caller,
     ip: std::net::IpAddr,
     shared: &Shared,
@@ -393,58 +399,170 @@ async fn serve_one(
         Some(l) if l.max_body > 0 => l.max_body,
         _ => IGNORED_BODY,
     };
-    let too_large = head.content_length > max_body;
+    let timeout = limits.map(|l| l.timeout).filter(|t| !t.is_zero()).unwrap_or(BODY_TIMEOUT);
     let mut body = Vec::new();
-    if !too_large && head.content_length > 0 {
-        let timeout = limits.map(|l| l.timeout).filter(|t| !t.is_zero()).unwrap_or(BODY_TIMEOUT);
-        let until = Instant::now() + timeout;
-        while inbox.data.len() < head.content_length {
-            match deadline(until, read_some(stream, inbox)).await {
-                Some(Ok(n)) if n > 0 => {}
-                _ => return false,
+    let too_large =
+        match read_body(stream, inbox, head.body, max_body, Instant::now() + timeout, &mut body)
+            .await
+        {
+            BodyRead::Complete => false,
+            BodyRead::TooLarge => true,
+            BodyRead::Closed => return false,
+            BodyRead::Malformed(m) => {
+                let resp = kes_core::Response::error(::http::StatusCode::BAD_REQUEST, m);
+                let _ = write_response(stream, resp, true, &mut inbox.out).await;
+                return false;
             }
-        }
-        body = inbox.data[..head.content_length].to_vec();
-        // Wipe the consumed bytes before shifting the rest down.
-        zeroize::Zeroize::zeroize(&mut inbox.data[..head.content_length]);
-        inbox.data.drain(..head.content_length);
-        if limits.is_some_and(|l| l.max_body == 0) {
-            body.clear(); // routes without a body ignore it
-        }
+        };
+    if limits.is_some_and(|l| l.max_body == 0) {
+        zeroize::Zeroize::zeroize(&mut body);
+        body.clear(); // routes without a body ignore it
     }
     let mut req = Request::from_target(head.method, head.target).with_body(body);
     req.body_too_large = too_large;
     req.peer = Some(ip);
+    req.received = Some(received);
     let Some(resp) = shared.driver.call_with(&inbox.reply, caller, req).await else {
         return false;
     };
     let close = head.close || too_large;
     if let Some(which) = resp.stream {
         let events = shared.hub.subscribe(which);
-        if write_response(stream, resp, false, &mut inbox.out).await.is_err() {
-            return false;
+        let ok = stream_events(stream, inbox, resp, &events, shared).await;
+        drop(events);
+        shared.hub.release_closed();
+        if ok {
+            let _ = stream.write_all(b"0\r\n\r\n").await;
+            let _ = stream.flush().await;
         }
-        loop {
-            let next = smol::future::or(async { events.recv().await.ok() }, async {
-                let _ = shared.drain_signal.recv().await;
-                None
-            })
-            .await;
-            let Some(line) = next else { break };
-            let chunk = format!("{:x}\r\n{line}\n\r\n", line.len() + 1);
-            if stream.write_all(chunk.as_bytes()).await.is_err() || stream.flush().await.is_err() {
-                return false;
-            }
-        }
-        let _ = stream.write_all(b"0\r\n\r\n").await;
-        let _ = stream.flush().await;
         return false;
     }
     let ok = write_response(stream, resp, close, &mut inbox.out).await.is_ok();
     if ok && too_large {
-        drain_body(stream, inbox, head.content_length).await;
+        let declared = match head.body {
+            BodyFraming::Length(n) => n,
+            BodyFraming::Chunked => usize::MAX,
+        };
+        drain_body(stream, inbox, declared).await;
     }
     ok && !close
+}
+
+/// What woke a log stream.
+enum StreamWake {
+    Line(std::sync::Arc<str>),
+    Stop,
+    Peer(std::io::Result<usize>),
+}
+
+/// Streams log lines until the server drains or the subscriber goes away.
+/// The read side is watched all along: a subscriber that closes its socket
+/// is noticed at once, even on a quiet server with nothing to write (else
+/// its connection, about 70 KiB and an fd, would stay until the next event).
+/// False: the peer is gone, do not write the final chunk.
+async fn stream_events(
+    stream: &mut Stream,
+    inbox: &mut Inbox,
+    resp: kes_core::Response,
+    events: &smol::channel::Receiver<std::sync::Arc<str>>,
+    shared: &Shared,
+) -> bool {
+    if write_response(stream, resp, false, &mut inbox.out).await.is_err() {
+        return false;
+    }
+    loop {
+        let wake = smol::future::or(
+            async { events.recv().await.map_or(StreamWake::Stop, StreamWake::Line) },
+            smol::future::or(
+                async {
+                    let _ = shared.drain_signal.recv().await;
+                    StreamWake::Stop
+                },
+                // Cancel-safe: a read that has not completed has taken no bytes.
+                async { StreamWake::Peer(read_some(stream, inbox).await) },
+            ),
+        )
+        .await;
+        match wake {
+            StreamWake::Line(line) => {
+                let chunk = format!("{:x}\r\n{line}\n\r\n", line.len() + 1);
+                if stream.write_all(chunk.as_bytes()).await.is_err()
+                    || stream.flush().await.is_err()
+                {
+                    return false;
+                }
+            }
+            StreamWake::Stop => return true,
+            StreamWake::Peer(Ok(0) | Err(_)) => return false,
+            // A stream has no next request: whatever the client sends is dropped.
+            StreamWake::Peer(Ok(_)) => {
+                let n = inbox.data.len();
+                consume(inbox, n);
+            }
+        }
+    }
+}
+
+/// How reading a request body ended.
+enum BodyRead {
+    /// The whole body is in the buffer handed in.
+    Complete,
+    /// Larger than the route allows (413, then close).
+    TooLarge,
+    /// Broken chunked framing (400, then close).
+    Malformed(&'static str),
+    /// The client went away or was too slow.
+    Closed,
+}
+
+/// Reads a request body, framed either way, into `body`; consumed input is
+/// wiped from the connection buffer. The limit applies to the decoded size.
+async fn read_body(
+    stream: &mut Stream,
+    inbox: &mut Inbox,
+    framing: BodyFraming,
+    max_body: usize,
+    until: Instant,
+    body: &mut Vec<u8>,
+) -> BodyRead {
+    match framing {
+        BodyFraming::Length(0) => BodyRead::Complete,
+        BodyFraming::Length(n) if n > max_body => BodyRead::TooLarge,
+        BodyFraming::Length(n) => {
+            while inbox.data.len() < n {
+                match deadline(until, read_some(stream, inbox)).await {
+                    Some(Ok(k)) if k > 0 => {}
+                    _ => return BodyRead::Closed,
+                }
+            }
+            body.extend_from_slice(&inbox.data[..n]);
+            consume(inbox, n);
+            BodyRead::Complete
+        }
+        BodyFraming::Chunked => {
+            let mut decoder = ChunkedDecoder::new();
+            loop {
+                match decoder.decode(&inbox.data, body, max_body) {
+                    Ok(used) => consume(inbox, used),
+                    Err(ChunkError::TooLarge) => return BodyRead::TooLarge,
+                    Err(ChunkError::Malformed(m)) => return BodyRead::Malformed(m),
+                }
+                if decoder.is_done() {
+                    return BodyRead::Complete;
+                }
+                match deadline(until, read_some(stream, inbox)).await {
+                    Some(Ok(k)) if k > 0 => {}
+                    _ => return BodyRead::Closed,
+                }
+            }
+        }
+    }
+}
+
+/// Drops the first `n` buffered bytes, wiping them before the rest shifts down.
+fn consume(inbox: &mut Inbox, n: usize) {
+    zeroize::Zeroize::zeroize(&mut inbox.data[..n]);
+    inbox.data.drain(..n);
 }
 
 /// Reads and discards a refused body (bounded in size and time) before the

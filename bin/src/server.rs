@@ -39,6 +39,7 @@ pub struct ServerCmd {
 }
 
 pub fn run(cmd: ServerCmd) -> Result<(), String> {
+    crate::alloc::spawn_trimmer();
     if cmd.dev {
         if cmd.config.is_some() {
             return Err("'--config' is not supported in development mode".into());
@@ -55,6 +56,9 @@ pub fn run(cmd: ServerCmd) -> Result<(), String> {
         }
         KeystoreConfig::Fs { path } => {
             let s = FsStore::open(path).map_err(|e| format!("keystore.fs.path '{path}': {e}"))?;
+            for line in s.remove_stale_temp_files() {
+                eprintln!("kes: {line}");
+            }
             (Arc::new(s), format!("filesystem {path}"))
         }
     };

@@ -116,6 +116,10 @@ keystore:
     path: ./keys
 "#;
     std::fs::write(dir.join("config.yml"), config).unwrap();
+    // What a crash in the middle of a create leaves: a temp file with key bytes.
+    std::fs::create_dir_all(dir.join("keys")).unwrap();
+    let stale = dir.join("keys/.my-key-0.tmp-4194305-0");
+    std::fs::write(&stale, b"half a key").unwrap();
     let mut kes = Running::spawn(
         Command::new(env!("CARGO_BIN_EXE_kes"))
             .args(["server", "--config", "config.yml"])
@@ -123,6 +127,8 @@ keystore:
             .env("ADMIN_IDENTITY", &admin)
             .env("APP_IDENTITY", &app),
     );
+    kes.wait_for("removed stale temp file");
+    assert!(!stale.exists(), "the stale temp file is removed at start-up");
     let line = kes.wait_for("listening on");
     let url = line.rsplit(' ').next().unwrap().replace("127.0.0.1", "localhost");
     assert!(

@@ -77,6 +77,8 @@ struct Ctx {
     identity: Option<Identity>,
     peer: Option<IpAddr>,
     arrived: Now,
+    /// Start of the request for its audit duration (at most `arrived`).
+    received: Instant,
     head: bool,
 }
 
@@ -268,6 +270,7 @@ impl Server {
             identity: caller.identity(),
             peer: req.peer,
             arrived: now,
+            received: req.received.filter(|r| *r <= now.instant).unwrap_or(now.instant),
             head: req.method == Method::HEAD,
         };
         if let Err(e) = self.dispatch(id, caller, req, &ctx, now, rng) {
@@ -527,6 +530,11 @@ impl Server {
             }
             Op::KeyImport => {
                 let name = key(&resource)?;
+                // An import needs a key: no body at all is a decode error
+                // (Go's json decoder says EOF), not a key of size zero.
+                if body.iter().all(u8::is_ascii_whitespace) {
+                    return Err(ApiError::InvalidImportBody);
+                }
                 let obj = wire::parse_object(&body).map_err(|_| ApiError::InvalidImportBody)?;
                 let mut bytes =
                     wire::bytes_field(&obj, "key").map_err(|_| ApiError::InvalidImportBody)?;
@@ -962,7 +970,7 @@ impl Server {
     }
 
     fn finish(&mut self, id: RequestId, ctx: &Ctx, mut resp: Response, now: Now) {
-        let elapsed = now.instant.saturating_duration_since(ctx.arrived.instant);
+        let elapsed = now.instant.saturating_duration_since(ctx.received);
         let code = resp.status.as_u16();
         self.metrics.observe(code, elapsed);
         if self.audit_all {

@@ -357,6 +357,15 @@ fn api_shapes_and_errors() {
         json!({"key": b64(&[1; 16]), "cipher": "AES256"}),
     );
     assert_eq!(r.status, StatusCode::NOT_ACCEPTABLE);
+    // No body at all is a decode failure (400), not a key of the wrong size.
+    for empty in [&b""[..], b"   ", b"\r\n\t "] {
+        let r = h.request(
+            Caller::Identified(admin()),
+            Request::new(Method::PUT, "/v1/key/import/i").with_body(empty),
+        );
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{empty:?}");
+        assert_eq!(json_of(&r)["message"], "invalid import key request body");
+    }
     let r = call(&mut h, Method::PUT, "/v1/key/import/i", json!({"bytes": b64(&[1; 32])}));
     assert_eq!(r.status, StatusCode::OK, "v0.19 import body is accepted");
 }
@@ -415,6 +424,37 @@ fn audit_events_never_carry_secrets() {
     let pt_hex: String = STANDARD.decode(&pt).unwrap().iter().map(|b| format!("{b:02x}")).collect();
     for l in &lines {
         assert!(!l.contains(&pt) && !l.contains(&pt_hex) && !l.contains(&key_file), "{l}");
+    }
+}
+
+/// The audit duration counts from when the adapter began receiving the
+/// request, for answers the core gives at once (403s, generate, metrics) as
+/// well as for those parked on the store.
+#[test]
+fn audit_time_counts_from_the_request_start() {
+    let mut h = start(Config::empty());
+    call(&mut h, Method::POST, "/v1/key/create/k", Value::Null);
+    let stranger = Identity::from_spki_der(b"stranger");
+    let cases = [
+        (Caller::Identified(stranger), Method::POST, "/v1/key/create/x", 403),
+        (Caller::Identified(admin()), Method::POST, "/v1/key/generate/k", 200),
+        (Caller::Identified(admin()), Method::GET, "/v1/metrics", 200),
+    ];
+    for (caller, method, path, status) in cases {
+        let mut req = Request::new(method, path);
+        req.received = Some(h.now.instant - Duration::from_micros(1500));
+        h.events.clear();
+        assert_eq!(h.request(caller, req).status.as_u16(), status);
+        let audit = h
+            .events
+            .iter()
+            .find_map(|e| match e {
+                kes_core::Event::Audit(a) if a.path == path => Some(a.clone()),
+                _ => None,
+            })
+            .unwrap();
+        assert_eq!(audit.elapsed, Duration::from_micros(1500), "{path}");
+        assert!(audit.to_json().ends_with(r#""time":1500000}}"#), "{}", audit.to_json());
     }
 }
 

@@ -41,6 +41,36 @@ impl FsStore {
         Ok(Self { dir, seq: AtomicU64::new(0) })
     }
 
+    /// Removes temp files that a crashed writer left behind (they are 0600
+    /// but may hold a key's bytes) and returns one line per file for the
+    /// log. Only names of the exact temp-file shape are touched, never a key
+    /// file (key names cannot contain `.`, temp names start with one). A
+    /// temp file counts as stale when the process that wrote it is gone, or
+    /// it is older than [`STALE_AGE`] (a live create takes milliseconds), so
+    /// another running kes process's create in progress is left alone.
+    pub fn remove_stale_temp_files(&self) -> Vec<String> {
+        let mut report = Vec::new();
+        let Ok(entries) = fs::read_dir(&self.dir) else { return report };
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            let Some(pid) = name.to_str().and_then(temp_file_pid) else { continue };
+            let Ok(meta) = entry.metadata() else { continue };
+            if !meta.is_file() {
+                continue;
+            }
+            let age = meta.modified().ok().and_then(|m| m.elapsed().ok()).unwrap_or_default();
+            if process_alive(pid) && age < STALE_AGE {
+                continue;
+            }
+            let path = entry.path();
+            report.push(match fs::remove_file(&path) {
+                Ok(()) => format!("removed stale temp file {} (left by a crash)", path.display()),
+                Err(e) => format!("cannot remove stale temp file {}: {e}", path.display()),
+            });
+        }
+        report
+    }
+
     /// The directory.
     pub fn dir(&self) -> &Path {
         &self.dir
@@ -136,6 +166,28 @@ impl KeyStore for FsStore {
     }
 }
 
+/// A temp file this old is stale even if a process with its writer's pid
+/// runs (pids are reused).
+pub const STALE_AGE: std::time::Duration = std::time::Duration::from_secs(600);
+
+/// The writer's pid if `name` is one of our temp files: `.<key>.tmp-<pid>-<seq>`.
+fn temp_file_pid(name: &str) -> Option<u32> {
+    let rest = name.strip_prefix('.')?;
+    let (key, suffix) = rest.split_once(".tmp-")?;
+    let (pid, seq) = suffix.split_once('-')?;
+    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    if key.is_empty() || key.contains(['.', '/', '\\']) || !digits(pid) || !digits(seq) {
+        return None;
+    }
+    pid.parse().ok()
+}
+
+/// Whether a process with this pid runs here. Without /proc (not Linux)
+/// nothing is known to run, and only age decides.
+fn process_alive(pid: u32) -> bool {
+    Path::new("/proc/self").exists() && Path::new("/proc").join(pid.to_string()).exists()
+}
+
 fn fail(e: io::Error) -> StoreError {
     StoreError::Failed(format!("fs: {e}"))
 }
@@ -206,6 +258,43 @@ mod tests {
         assert_eq!(content.len(), 16);
         assert!(content.iter().all(|b| *b == content[0]));
         fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn stale_temp_files_are_removed_and_nothing_else() {
+        let dir = tempdir("stale");
+        let s = FsStore::open(&dir).unwrap();
+        // A crashed writer (no such pid: above Linux's pid_max), ours in
+        // progress, a key file and other dot files.
+        let dead = ".k.tmp-4194305-3";
+        let live = format!(".k.tmp-{}-9", std::process::id());
+        for f in [dead, live.as_str(), "k", ".hidden", ".k.tmp-x-1", ".a.b.tmp-4194305-1", "tmp-1"]
+        {
+            fs::write(dir.join(f), b"secret").unwrap();
+        }
+        let report = s.remove_stale_temp_files();
+        assert_eq!(report.len(), 1, "{report:?}");
+        assert!(report[0].contains(dead), "{report:?}");
+        let mut left: Vec<_> = fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        left.sort();
+        let mut want =
+            vec![live.as_str(), "k", ".hidden", ".k.tmp-x-1", ".a.b.tmp-4194305-1", "tmp-1"];
+        want.sort();
+        assert_eq!(left, want);
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn temp_file_names() {
+        assert_eq!(temp_file_pid(".my-key.tmp-12-0"), Some(12));
+        for not in
+            ["my-key.tmp-12-0", ".my-key.tmp-12", ".my-key.tmp--0", "..tmp-1-2", ".k.tmp-1-2x"]
+        {
+            assert_eq!(temp_file_pid(not), None, "{not}");
+        }
     }
 
     #[test]

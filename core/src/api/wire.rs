@@ -23,6 +23,10 @@ pub struct Request {
     pub body_too_large: bool,
     /// The client's IP, for audit events.
     pub peer: Option<IpAddr>,
+    /// When the adapter began receiving the request (its head's first
+    /// byte). Audit durations count from here, as KES's do from the start
+    /// of the request; without it they count from `handle_request`.
+    pub received: Option<std::time::Instant>,
 }
 
 impl Request {
@@ -32,7 +36,15 @@ impl Request {
             Some((p, q)) => (p.to_owned(), Some(q.to_owned())),
             None => (target.to_owned(), None),
         };
-        Self { method, path, query, body: Vec::new(), body_too_large: false, peer: None }
+        Self {
+            method,
+            path,
+            query,
+            body: Vec::new(),
+            body_too_large: false,
+            peer: None,
+            received: None,
+        }
     }
 
     /// A request from an owned target (path and query), reusing its buffer.
@@ -42,7 +54,15 @@ impl Request {
             target.truncate(i);
             q
         });
-        Self { method, path: target, query, body: Vec::new(), body_too_large: false, peer: None }
+        Self {
+            method,
+            path: target,
+            query,
+            body: Vec::new(),
+            body_too_large: false,
+            peer: None,
+            received: None,
+        }
     }
 
     /// The same request with a body.
