@@ -124,90 +124,31 @@ impl Metrics {
             "Histogram of key store command latencies.",
             &STORE_BUCKETS,
         );
-        let uptime_10ms = uptime.as_millis() / 10;
-        let gauges: [(&str, &str, &str, String); 13] = [
-            (
-                "kes_cache_hits",
-                "counter",
-                "Key lookups answered from the key cache.",
-                self.cache_hits.to_string(),
-            ),
-            (
-                "kes_cache_misses",
-                "counter",
-                "Key lookups that went to the key store.",
-                self.cache_misses.to_string(),
-            ),
-            (
-                "kes_http_connections_open",
-                "gauge",
-                "Open client connections.",
-                sys.open_connections.to_string(),
-            ),
-            (
-                "kes_system_mem_heap_objects",
-                "gauge",
-                "The number of allocated heap objects.",
-                sys.mem_heap_objects.to_string(),
-            ),
-            (
-                "kes_system_mem_resident",
-                "gauge",
-                "Resident memory of the process in bytes.",
-                sys.mem_resident.to_string(),
-            ),
-            (
-                "kes_log_error_events",
-                "counter",
-                "Number of error log events written.",
-                self.error_events.to_string(),
-            ),
-            (
-                "kes_log_audit_events",
-                "counter",
-                "Number of audit log events written.",
-                self.audit_events.to_string(),
-            ),
-            (
-                "kes_system_up_time",
-                "gauge",
-                "The time the server has been up and running in seconds.",
-                format!("{}.{:02}", uptime_10ms / 100, uptime_10ms % 100),
-            ),
-            (
-                "kes_system_num_cpu",
-                "gauge",
-                "The number of logical CPUs available on the system.",
-                sys.num_cpu.to_string(),
-            ),
-            (
-                "kes_system_num_cpu_used",
-                "gauge",
-                "The number of logical CPUs usable by the server.",
-                sys.num_cpu_used.to_string(),
-            ),
-            (
-                "kes_system_num_threads",
-                "gauge",
-                "The number of threads that currently exist.",
-                sys.num_threads.to_string(),
-            ),
-            (
-                "kes_system_mem_heap_used",
-                "gauge",
-                "The number of bytes that are currently allocated on the heap memory.",
-                sys.mem_heap_used.to_string(),
-            ),
-            (
-                "kes_system_mem_stack_used",
-                "gauge",
-                "The number of bytes that are currently used on the stack memory.",
-                sys.mem_stack_used.to_string(),
-            ),
-        ];
-        for (name, kind, help, value) in gauges {
+        for (name, kind, help, value) in self.scalars(uptime, sys) {
             let _ = writeln!(s, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}");
         }
         s
+    }
+
+    /// Every single-valued metric: name, type, help, value.
+    fn scalars(&self, uptime: Duration, sys: &SystemInfo) -> [(&str, &str, &str, String); 13] {
+        let uptime_10ms = uptime.as_millis() / 10;
+        #[rustfmt::skip]
+        let table = [
+            ("kes_cache_hits", "counter", "Key lookups answered from the key cache.", self.cache_hits.to_string()),
+            ("kes_cache_misses", "counter", "Key lookups that went to the key store.", self.cache_misses.to_string()),
+            ("kes_http_connections_open", "gauge", "Open client connections.", sys.open_connections.to_string()),
+            ("kes_system_mem_heap_objects", "gauge", "The number of allocated heap objects.", sys.mem_heap_objects.to_string()),
+            ("kes_system_mem_resident", "gauge", "Resident memory of the process in bytes.", sys.mem_resident.to_string()),
+            ("kes_log_error_events", "counter", "Number of error log events written.", self.error_events.to_string()),
+            ("kes_log_audit_events", "counter", "Number of audit log events written.", self.audit_events.to_string()),
+            ("kes_system_up_time", "gauge", "The time the server has been up and running in seconds.", format!("{}.{:02}", uptime_10ms / 100, uptime_10ms % 100)),
+            ("kes_system_num_cpu", "gauge", "The number of logical CPUs available on the system.", sys.num_cpu.to_string()),
+            ("kes_system_num_cpu_used", "gauge", "The number of logical CPUs usable by the server.", sys.num_cpu_used.to_string()),
+            ("kes_system_num_threads", "gauge", "The number of threads that currently exist.", sys.num_threads.to_string()),
+            ("kes_system_mem_heap_used", "gauge", "The number of bytes that are currently allocated on the heap memory.", sys.mem_heap_used.to_string()),
+            ("kes_system_mem_stack_used", "gauge", "The number of bytes that are currently used on the stack memory.", sys.mem_stack_used.to_string()),
+        ];
+        table
     }
 }

@@ -84,38 +84,47 @@ impl UnixTime {
         {
             return None;
         }
-        let mut i = 19;
-        let mut nanos: i128 = 0;
-        if b.get(i) == Some(&b'.') {
-            i += 1;
-            let start = i;
-            while i < b.len() && b[i].is_ascii_digit() {
-                i += 1;
-            }
-            let frac = &s[start..i];
-            if frac.is_empty() || frac.len() > 9 {
-                return None;
-            }
-            nanos = frac.parse::<i128>().ok()? * 10i128.pow(9 - frac.len() as u32);
-        }
-        let offset_secs: i64 = match b.get(i) {
-            Some(b'Z') | Some(b'z') if i + 1 == b.len() => 0,
-            Some(sign @ (b'+' | b'-')) if i + 6 == b.len() && b[i + 3] == b':' => {
-                let h = num(i + 1..i + 3)?;
-                let m = num(i + 4..i + 6)?;
-                let off = h * 3600 + m * 60;
-                if *sign == b'-' {
-                    -off
-                } else {
-                    off
-                }
-            }
-            _ => return None,
-        };
+        let (nanos, offset_secs) = fraction_and_offset(s, 19)?;
         let days = days_from_civil(year, month, day);
         let secs = days * 86_400 + hour * 3600 + min * 60 + sec - offset_secs;
         Some(Self(secs as i128 * 1_000_000_000 + nanos))
     }
+}
+
+/// The optional `.fraction` at `i` and the zone (`Z` or `±hh:mm`) that must
+/// end the string: nanoseconds and the offset in seconds east of UTC.
+fn fraction_and_offset(s: &str, mut i: usize) -> Option<(i128, i64)> {
+    let b = s.as_bytes();
+    let mut nanos: i128 = 0;
+    if b.get(i) == Some(&b'.') {
+        i += 1;
+        let start = i;
+        while i < b.len() && b[i].is_ascii_digit() {
+            i += 1;
+        }
+        let frac = &s[start..i];
+        if frac.is_empty() || frac.len() > 9 {
+            return None;
+        }
+        nanos = frac.parse::<i128>().ok()? * 10i128.pow(9 - frac.len() as u32);
+    }
+    let digits = |r: std::ops::Range<usize>| -> Option<i64> {
+        let part = s.get(r)?;
+        part.bytes().all(|c| c.is_ascii_digit()).then(|| part.parse().ok())?
+    };
+    let offset = match b.get(i) {
+        Some(b'Z') | Some(b'z') if i + 1 == b.len() => 0,
+        Some(sign @ (b'+' | b'-')) if i + 6 == b.len() && b[i + 3] == b':' => {
+            let off = digits(i + 1..i + 3)? * 3600 + digits(i + 4..i + 6)? * 60;
+            if *sign == b'-' {
+                -off
+            } else {
+                off
+            }
+        }
+        _ => return None,
+    };
+    Some((nanos, offset))
 }
 
 /// RFC 3339 in UTC with the fraction trimmed of trailing zeros, as Go's

@@ -81,6 +81,9 @@ pub enum ApiError {
 
 impl ApiError {
     /// The status code and message.
+    ///
+    /// Longer than a screen on purpose: one arm per error, all in one place,
+    /// so every status and message can be checked against api.md at a glance.
     pub fn status_and_message(&self) -> (StatusCode, String) {
         use StatusCode as S;
         let (status, msg): (StatusCode, &str) = match self {

@@ -8,7 +8,8 @@ use base64::Engine;
 use zeroize::Zeroizing;
 
 use super::aead::Algorithm;
-use super::secret::{SecretBytes, SecretKey};
+use super::key::SecretKey;
+use super::secret::SecretBytes;
 use crate::time::UnixTime;
 
 /// Why a stored value could not be read as a key.
@@ -85,6 +86,9 @@ fn decode_json(value: &[u8]) -> Result<SecretKey, MalformedKey> {
     Ok(SecretKey::new(key, algorithm, None, created_at, created_by))
 }
 
+/// The v0.24 protobuf key message. Longer than a screen on purpose: it
+/// mirrors the message's nesting (secret, HMAC, timestamp, creator) field by
+/// field, which splitting would hide.
 fn decode_protobuf(msg: &[u8]) -> Result<SecretKey, MalformedKey> {
     let mut key = None;
     let mut alg = None;

@@ -1,17 +1,21 @@
 //! KES cryptography, byte-exact with the original (see `shared/spec/crypto.md`).
 //!
-//! - [`secret`]: master keys that zeroize and never print.
+//! Layers, each using only the ones above it in this list:
+//! - [`secret`]: bytes that zeroize and never print.
 //! - [`aead`]: the two sealing constructions (AES-256-GCM keyed by
 //!   HMAC-SHA-256, ChaCha20-Poly1305 keyed by HChaCha20).
 //! - [`ciphertext`]: the three ciphertext formats (v0.19.0 JSON, v0.19.1-v0.23
 //!   MessagePack, v0.24 raw).
+//! - [`key`]: master keys, sealing and opening in those formats.
 //! - [`keyfile`]: the stored key encodings of every KES generation.
 
 pub mod aead;
 pub mod ciphertext;
+pub mod key;
 pub mod keyfile;
 pub mod secret;
 
 pub use aead::{Algorithm, NotAuthentic};
 pub use ciphertext::CiphertextFormat;
-pub use secret::{SecretBytes, SecretKey};
+pub use key::SecretKey;
+pub use secret::SecretBytes;

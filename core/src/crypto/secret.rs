@@ -1,16 +1,10 @@
-//! Secret material: zeroized on drop, never printed, compared in constant time.
+//! Secret bytes: zeroized on drop, never printed, compared in constant time.
+//! The bottom layer of `crypto`: it uses nothing above it.
 
 use std::fmt;
 
-use hmac::{Hmac, Mac};
-use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
-use zeroize::{Zeroize, ZeroizeOnDrop, Zeroizing};
-
-use super::aead::{self, Algorithm, NotAuthentic};
-use super::ciphertext::{self, CiphertextFormat};
-use crate::identity::Identity;
-use crate::time::UnixTime;
+use zeroize::{Zeroize, ZeroizeOnDrop};
 
 /// Bytes that must not outlive their use: key-file contents, plaintexts.
 #[derive(Clone, Default, Zeroize, ZeroizeOnDrop)]
@@ -37,145 +31,5 @@ impl fmt::Debug for SecretBytes {
 impl PartialEq for SecretBytes {
     fn eq(&self, other: &Self) -> bool {
         self.0.ct_eq(&other.0).into()
-    }
-}
-
-/// A 256-bit master key with its KES metadata.
-///
-/// `algorithm` is `None` for keys written by KES v0.19.0 (and v0.23 AES keys),
-/// which carry no type: for those the algorithm named inside a legacy
-/// ciphertext is honoured on decryption.
-pub struct SecretKey {
-    key: Zeroizing<[u8; 32]>,
-    algorithm: Option<Algorithm>,
-    hmac_key: Option<Zeroizing<[u8; 32]>>,
-    /// Lowercase hex of SHA-256(key)[..16], the v0.19 key ID; computed once.
-    key_id: String,
-    /// When the key was created, if recorded.
-    pub created_at: Option<UnixTime>,
-    /// Who created it, if recorded.
-    pub created_by: Option<String>,
-}
-
-impl SecretKey {
-    /// Builds a key from its parts.
-    pub fn new(
-        key: [u8; 32],
-        algorithm: Option<Algorithm>,
-        hmac_key: Option<[u8; 32]>,
-        created_at: Option<UnixTime>,
-        created_by: Option<String>,
-    ) -> Self {
-        let key = Zeroizing::new(key);
-        let digest = Sha256::digest(key.as_slice());
-        let mut key_id = String::with_capacity(32);
-        for b in &digest[..16] {
-            key_id.push_str(&format!("{b:02x}"));
-        }
-        Self {
-            key,
-            algorithm,
-            hmac_key: hmac_key.map(Zeroizing::new),
-            key_id,
-            created_at,
-            created_by,
-        }
-    }
-
-    /// A fresh random AES256 key with an HMAC key, as KES v0.24 creates them.
-    pub fn generate(
-        rng: &mut dyn rand_core::CryptoRngCore,
-        created_at: UnixTime,
-        created_by: Option<Identity>,
-    ) -> Self {
-        let mut key = [0u8; 32];
-        let mut hmac_key = [0u8; 32];
-        rng.fill_bytes(&mut key);
-        rng.fill_bytes(&mut hmac_key);
-        let k = Self::new(
-            key,
-            Some(Algorithm::Aes256),
-            Some(hmac_key),
-            Some(created_at),
-            created_by.map(|i| i.to_string()),
-        );
-        key.zeroize();
-        hmac_key.zeroize();
-        k
-    }
-
-    /// The raw key bytes (for encoding into a key file only).
-    pub fn key_bytes(&self) -> &[u8; 32] {
-        &self.key
-    }
-
-    /// The HMAC key, if this key has one (v0.24 keys do, older keys do not).
-    pub fn hmac_key(&self) -> Option<&[u8; 32]> {
-        self.hmac_key.as_deref()
-    }
-
-    /// The key's fixed algorithm, if it has one.
-    pub fn algorithm(&self) -> Option<Algorithm> {
-        self.algorithm
-    }
-
-    /// The algorithm new ciphertexts use: the key's, else AES256.
-    pub fn effective_algorithm(&self) -> Algorithm {
-        self.algorithm.unwrap_or(Algorithm::Aes256)
-    }
-
-    /// Encrypts `plaintext` bound to `context`, in `format`.
-    pub fn encrypt(
-        &self,
-        plaintext: &[u8],
-        context: &[u8],
-        format: CiphertextFormat,
-        rng: &mut dyn rand_core::CryptoRngCore,
-    ) -> Vec<u8> {
-        let mut random = [0u8; 28];
-        rng.fill_bytes(&mut random);
-        let mut iv = [0u8; 16];
-        let mut nonce = [0u8; 12];
-        iv.copy_from_slice(&random[..16]);
-        nonce.copy_from_slice(&random[16..]);
-        let alg = self.effective_algorithm();
-        let sealed = aead::seal(alg, &self.key, &iv, &nonce, plaintext, context);
-        ciphertext::encode(format, alg, &self.key_id, &iv, &nonce, sealed)
-    }
-
-    /// Decrypts a ciphertext in any of the three formats.
-    pub fn decrypt(&self, ciphertext: &[u8], context: &[u8]) -> Result<SecretBytes, NotAuthentic> {
-        let parsed = ciphertext::decode(ciphertext).ok_or(NotAuthentic)?;
-        let first = match (self.algorithm, parsed.algorithm) {
-            (Some(own), _) => own,
-            (None, Some(named)) => named,
-            (None, None) => Algorithm::Aes256,
-        };
-        let open =
-            |alg| aead::open(alg, &self.key, &parsed.iv, &parsed.nonce, &parsed.sealed, context);
-        match open(first) {
-            Ok(p) => Ok(p),
-            // A key without a fixed type may have been used with either
-            // construction (v0.19.0 chose per call by CPU features).
-            Err(NotAuthentic) if self.algorithm.is_none() => open(first.other()),
-            Err(e) => Err(e),
-        }
-    }
-
-    /// HMAC-SHA-256 of `message` under the key's HMAC key.
-    pub fn hmac(&self, message: &[u8]) -> Option<[u8; 32]> {
-        let key = self.hmac_key.as_ref()?;
-        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(key.as_slice()).ok()?;
-        mac.update(message);
-        Some(mac.finalize().into_bytes().into())
-    }
-}
-
-impl fmt::Debug for SecretKey {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("SecretKey")
-            .field("algorithm", &self.algorithm)
-            .field("key", &"<redacted>")
-            .finish()
     }
 }

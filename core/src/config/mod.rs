@@ -1,0 +1,427 @@
+//! The KES YAML config file, both eras (config.md), parsed without touching
+//! the environment: `${VAR}` references resolve through a lookup function the
+//! adapter passes in.
+//!
+//! Errors carry the line they refer to, so `kes server` can say
+//! "config.yml line 12: ..." instead of leaving the operator to guess.
+
+//!
+//! Modules by concern: [`schema`] (the file as written, both eras),
+//! [`env`] (`${VAR}` expansion), [`validate`] (one function per section),
+//! [`keystore`] (one module per key store section).
+
+mod env;
+mod keystore;
+mod schema;
+mod validate;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::time::Duration;
+
+use crate::crypto::CiphertextFormat;
+use crate::identity::Identity;
+use env::expand_env;
+use schema::Raw;
+
+/// A validated configuration.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// `address`, if set in the file.
+    pub address: Option<String>,
+    /// The admin identity as configured.
+    pub admin: AdminSetting,
+    /// The `tls` section.
+    pub tls: TlsConfig,
+    /// `api.<path>` overrides, keyed by route path.
+    pub api: BTreeMap<String, ApiOverride>,
+    /// Policies by name.
+    pub policies: BTreeMap<String, PolicyConfig>,
+    /// Key cache expiry.
+    pub cache: CacheConfig,
+    /// Which logs go to stdout/stderr.
+    pub log: LogConfig,
+    /// Keys to create before serving.
+    pub keys: Vec<String>,
+    /// Where keys are stored.
+    pub keystore: KeystoreConfig,
+    /// Compatibility switches.
+    pub compat: Compat,
+    /// Things the operator should know that are not errors.
+    pub warnings: Vec<String>,
+}
+
+/// The admin identity setting.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AdminSetting {
+    /// Not configured at all (an error unless a flag supplies it).
+    Unset,
+    /// A value that can never match a certificate: admin is off.
+    Disabled(String),
+    /// The admin identity.
+    Identity(Identity),
+}
+
+impl AdminSetting {
+    /// Interprets a configured value: 64 lowercase hex chars is an identity,
+    /// anything else disables admin; empty is unset.
+    pub fn from_text(s: &str) -> Self {
+        let s = s.trim();
+        if s.is_empty() {
+            Self::Unset
+        } else {
+            Identity::parse(s).map_or_else(|| Self::Disabled(s.to_owned()), Self::Identity)
+        }
+    }
+
+    /// The identity, if admin is enabled.
+    pub fn identity(&self) -> Option<Identity> {
+        match self {
+            Self::Identity(i) => Some(*i),
+            Self::Unset | Self::Disabled(_) => None,
+        }
+    }
+}
+
+/// The `tls` section.
+#[derive(Clone, Debug)]
+pub struct TlsConfig {
+    /// Private key file.
+    pub key: Option<String>,
+    /// Certificate file.
+    pub cert: Option<String>,
+    /// Password of a legacy-encrypted PEM key.
+    pub password: Option<String>,
+    /// Verify client certificates (`tls.auth` / `--auth`); None if unset.
+    pub auth: Option<bool>,
+    /// CA file or directory for client verification.
+    pub ca: Option<String>,
+    /// Identities of TLS-terminating proxies.
+    pub proxy_identities: Vec<Identity>,
+    /// Header carrying the forwarded client certificate.
+    pub proxy_header: String,
+}
+
+/// The header KES's sample config names for forwarded certificates.
+pub const DEFAULT_PROXY_HEADER: &str = "X-Tls-Client-Cert";
+
+impl Default for TlsConfig {
+    fn default() -> Self {
+        Self {
+            key: None,
+            cert: None,
+            password: None,
+            auth: None,
+            ca: None,
+            proxy_identities: Vec::new(),
+            proxy_header: DEFAULT_PROXY_HEADER.to_owned(),
+        }
+    }
+}
+
+/// An `api.<path>` entry.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ApiOverride {
+    /// Serve the route without authentication.
+    pub skip_auth: bool,
+    /// Replace the route's timeout (if non-zero).
+    pub timeout: Option<Duration>,
+}
+
+/// One policy as configured.
+#[derive(Clone, Debug, Default)]
+pub struct PolicyConfig {
+    /// Allow patterns.
+    pub allow: Vec<String>,
+    /// Deny patterns.
+    pub deny: Vec<String>,
+    /// Bound identities.
+    pub identities: Vec<Identity>,
+}
+
+/// Key cache expiry settings (keystore.md §7).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CacheConfig {
+    /// Empty the cache this often.
+    pub any: Duration,
+    /// Evict keys unused for this long.
+    pub unused: Duration,
+    /// Keep serving cached keys this long while the store is unreachable.
+    pub offline: Duration,
+}
+
+impl Default for CacheConfig {
+    /// The documented intent (any 5m, unused 30s), not v0.24's defaulting bug.
+    fn default() -> Self {
+        Self {
+            any: Duration::from_secs(300),
+            unused: Duration::from_secs(30),
+            offline: Duration::ZERO,
+        }
+    }
+}
+
+/// Which events are logged to the process's streams.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LogConfig {
+    /// Error events to stderr.
+    pub error: bool,
+    /// Audit events to stdout.
+    pub audit: bool,
+}
+
+/// The selected key store.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum KeystoreConfig {
+    /// Process memory; lost on exit.
+    Memory,
+    /// One file per key in a directory.
+    Fs {
+        /// The directory.
+        path: String,
+    },
+}
+
+/// Where the two eras' responses conflict, which one to give.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ApiCompat {
+    /// KES v0.24 and kms-go shapes (default).
+    #[default]
+    V024,
+    /// KES v0.19.0 shapes (policy allow/deny as arrays, seed self-describe...).
+    V019,
+}
+
+/// The `compat` section: our own, documented in README.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Compat {
+    /// Response shapes.
+    pub api: ApiCompat,
+    /// Format of new ciphertexts.
+    pub ciphertext: CiphertextFormat,
+}
+
+/// A config error, with the line it refers to when known.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConfigError {
+    /// 1-based line number.
+    pub line: Option<usize>,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl ConfigError {
+    fn new(message: impl Into<String>) -> Self {
+        Self { line: None, message: message.into() }
+    }
+
+    fn at(line: usize, message: impl Into<String>) -> Self {
+        Self { line: Some(line), message: message.into() }
+    }
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.line {
+            Some(l) => write!(f, "line {l}: {}", self.message),
+            None => f.write_str(&self.message),
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+impl Config {
+    /// Parses and validates a config file. `env` resolves `${NAME}`.
+    pub fn parse(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let mut warnings = Vec::new();
+        let expanded = expand_env(text, env, &mut warnings)?;
+        let raw: Raw = if expanded.trim().is_empty() {
+            Raw::default()
+        } else {
+            serde_yaml::from_str(&expanded).map_err(|e| {
+                let line = e.location().map(|l| l.line());
+                let msg = e.to_string();
+                // serde_yaml appends "at line X column Y"; we print the line first.
+                let msg = msg.split(" at line ").next().unwrap_or(&msg).to_owned();
+                ConfigError { line, message: msg }
+            })?
+        };
+        raw.validate(warnings).map_err(|mut e| {
+            if e.line.is_none() {
+                e.line = locate(text, &e.message);
+            }
+            e
+        })
+    }
+
+    /// A config with no file: in-memory store, no policies (`--dev`, tests).
+    pub fn empty() -> Self {
+        Self {
+            address: None,
+            admin: AdminSetting::Unset,
+            tls: TlsConfig::default(),
+            api: BTreeMap::new(),
+            policies: BTreeMap::new(),
+            cache: CacheConfig::default(),
+            log: LogConfig { error: true, audit: false },
+            keys: Vec::new(),
+            keystore: KeystoreConfig::Memory,
+            compat: Compat::default(),
+            warnings: Vec::new(),
+        }
+    }
+
+    /// Whether any route skips authentication (then the TLS handshake must
+    /// accept clients without certificates).
+    pub fn any_skip_auth(&self) -> bool {
+        self.api.values().any(|o| o.skip_auth)
+    }
+}
+
+/// The line of the first value a validation message quotes ('...'), so
+/// semantic errors point at the file like syntax errors do.
+fn locate(text: &str, message: &str) -> Option<usize> {
+    message
+        .split('\'')
+        .skip(1)
+        .step_by(2)
+        .filter(|q| !q.is_empty())
+        .find_map(|quoted| text.lines().position(|l| l.contains(quoted)).map(|i| i + 1))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ADMIN: &str = "3ecfcdf38fcbe141ae26a1030f81e96b753365a46760ae6b578698a97c59fd22";
+    const OTHER: &str = "0426fa9a04bc2756b92fbe8a97e1a1e07b53ecf04ed33da22c33e5c9faeb8cbb";
+
+    fn env(name: &str) -> Option<String> {
+        match name {
+            "KES_ADMIN" => Some(ADMIN.into()),
+            "APP_IDENTITY" => Some(OTHER.into()),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn seed_style_file() {
+        let text = format!(
+            r#"
+address: 0.0.0.0:7373
+root: {ADMIN}
+tls:
+  key: ./server.key
+  cert: ./server.cert
+  proxy:
+    identities: []
+    header:
+      cert: X-Tls-Client-Cert
+cache:
+  expiry:
+    any:    5m0s
+    unused: 20s
+log:
+  error: on
+  audit: off
+policy:
+  my-policy:
+    paths:
+    - /v1/key/create/my-key
+    - /v1/key/*/my-key-internal
+    identities:
+    - ${{APP_IDENTITY}}
+    - ${{UNSET_IDENTITY}}
+keys:
+  - name: "my-key"
+  - name: "my-key-2"
+keystore:
+  fs:
+    path: ./keys # The key store directory
+  vault:
+    endpoint: ""
+"#
+        );
+        let c = Config::parse(&text, &env).unwrap();
+        assert_eq!(c.admin, AdminSetting::Identity(Identity::parse(ADMIN).unwrap()));
+        assert_eq!(c.cache.unused, Duration::from_secs(20));
+        assert_eq!(c.keys, vec!["my-key", "my-key-2"]);
+        assert_eq!(c.keystore, KeystoreConfig::Fs { path: "./keys".into() });
+        let p = &c.policies["my-policy"];
+        assert_eq!(p.allow.len(), 2);
+        assert_eq!(p.identities, vec![Identity::parse(OTHER).unwrap()]);
+        assert!(c.warnings.iter().any(|w| w.contains("UNSET_IDENTITY")));
+        assert!(c.warnings.iter().any(|w| w.contains("/v1/key/*/my-key-internal")));
+        assert!(c.log.error && !c.log.audit);
+    }
+
+    #[test]
+    fn v24_style_file() {
+        let text = r#"
+version: v1
+admin:
+  identity: ${KES_ADMIN}
+tls:
+  key: ./server.key
+  cert: ./server.cert
+  auth: off
+api:
+  /v1/metrics:
+    skip_auth: true
+    timeout: 15s
+cache:
+  expiry:
+    any: 5m
+    unused: 20s
+    offline: 0s
+log:
+  error: INFO
+  audit: off
+keystore:
+  fs:
+    path: ./keys
+compat:
+  ciphertext: raw
+"#;
+        let c = Config::parse(text, &env).unwrap();
+        assert_eq!(c.tls.auth, Some(false));
+        assert!(c.api["/v1/metrics"].skip_auth);
+        assert!(c.any_skip_auth());
+        assert_eq!(c.compat.ciphertext, CiphertextFormat::Raw);
+        assert!(!c.log.audit);
+    }
+
+    #[test]
+    fn errors_name_the_line() {
+        let e = Config::parse("cache:\n  expiry:\n    any: 5 minutes\n", &env).unwrap_err();
+        assert_eq!(e.line, Some(3), "{e}");
+        let e = Config::parse("admin:\n  identity: ${NOPE}\n", &env).unwrap_err();
+        assert_eq!(e.line, Some(2));
+        assert!(e.message.contains("NOPE"));
+        let e =
+            Config::parse("keystore:\n  vault:\n    endpoint: https://v:8200\n", &env).unwrap_err();
+        assert!(e.message.contains("not supported yet"), "{e}");
+        let e = Config::parse("tls: [1, 2\n", &env).unwrap_err();
+        assert!(e.line.is_some());
+    }
+
+    #[test]
+    fn admin_disabled_and_duplicates() {
+        let c = Config::parse("admin:\n  identity: disabled\n", &env).unwrap();
+        assert_eq!(c.admin, AdminSetting::Disabled("disabled".into()));
+        let dup =
+            format!("policy:\n  a:\n    identities: [{OTHER}]\n  b:\n    identities: [{OTHER}]\n");
+        assert!(Config::parse(&dup, &env).unwrap_err().message.contains("multiple policies"));
+        let adm =
+            format!("admin:\n  identity: {ADMIN}\npolicy:\n  a:\n    identities: [{ADMIN}]\n");
+        assert!(Config::parse(&adm, &env).unwrap_err().message.contains("admin"));
+    }
+
+    #[test]
+    fn patterns_are_never_expanded() {
+        let text = "policy:\n  p:\n    allow:\n    - ${KES_ADMIN}\n";
+        let c = Config::parse(text, &env).unwrap();
+        assert_eq!(c.policies["p"].allow, vec!["${KES_ADMIN}"]);
+    }
+}

@@ -1,0 +1,207 @@
+//! The key API: create, import, describe, delete, list, and the operations
+//! that use a key (generate, encrypt, decrypt, bulk decrypt, HMAC). Those
+//! run on the cached key at once or after one fetch ([`super::keyops`]).
+
+use http::StatusCode;
+use serde_json::{json, Value};
+
+use super::args::{fields, key_name, key_ref, unb64};
+use super::dispatch::Call;
+use super::keyops::KeyOp;
+use super::{Parked, Pending, RequestId, Server};
+use crate::api::wire::{self, NDJSON};
+use crate::api::{ApiError, Response};
+use crate::crypto::{keyfile, Algorithm, SecretBytes, SecretKey};
+use crate::keystore::{Command, StoreError, StoreReply};
+use crate::name::{valid_name, KeyName, ListPattern};
+use crate::time::Now;
+
+/// Most ciphertexts one bulk decrypt may carry.
+const MAX_BULK: usize = 1000;
+
+pub(super) fn create(s: &mut Server, c: Call<'_>) -> Result<(), ApiError> {
+    let name = key_name(c.resource)?;
+    let key = SecretKey::generate(c.rng, c.now.unix, c.ctx.identity);
+    s.create(c.parked(), name, &key)
+}
+
+pub(super) fn import(s: &mut Server, c: Call<'_>) -> Result<(), ApiError> {
+    let name = key_name(c.resource)?;
+    // An import needs a key: no body at all is a decode error (Go's json
+    // decoder says EOF), not a key of size zero.
+    if c.body.iter().all(u8::is_ascii_whitespace) {
+        return Err(ApiError::InvalidImportBody);
+    }
+    let bad = |_| ApiError::InvalidImportBody;
+    let obj = wire::parse_object(&c.body).map_err(bad)?;
+    // v0.24 sends `key`, v0.19 `bytes`.
+    let mut bytes = wire::bytes_field(&obj, "key").map_err(bad)?;
+    if bytes.is_empty() {
+        bytes = wire::bytes_field(&obj, "bytes").map_err(bad)?;
+    }
+    let bytes = SecretBytes::new(bytes);
+    let cipher = wire::str_field(&obj, "cipher").map_err(bad)?;
+    let alg = match cipher {
+        "" => Algorithm::Aes256,
+        named => Algorithm::from_name(named)
+            .ok_or_else(|| ApiError::UnsupportedAlgorithm(named.to_owned()))?,
+    };
+    let label = if cipher.is_empty() { "AES256" } else { cipher };
+    let raw: [u8; 32] =
+        bytes.expose().try_into().map_err(|_| ApiError::InvalidKeySize(label.to_owned()))?;
+    let mut hmac = [0u8; 32];
+    c.rng.fill_bytes(&mut hmac);
+    let created_by = c.ctx.identity.map(|i| i.to_string());
+    let key = SecretKey::new(raw, Some(alg), Some(hmac), Some(c.now.unix), created_by);
+    s.create(c.parked(), name, &key)
+}
+
+pub(super) fn delete(s: &mut Server, c: Call<'_>) -> Result<(), ApiError> {
+    let name = key_name(c.resource)?;
+    let cmd = Command::Delete { name: name.clone() };
+    s.issue(c.parked(), cmd, Pending::Delete(c.id, name));
+    Ok(())
+}
+
+pub(super) fn list(s: &mut Server, c: Call<'_>) -> Result<(), ApiError> {
+    let pattern = ListPattern::parse(c.resource).map_err(ApiError::InvalidName)?;
+    s.issue(c.parked(), Command::List, Pending::List(c.id, pattern));
+    Ok(())
+}
+
+pub(super) fn describe(s: &mut Server, c: Call<'_>) -> Result<(), ApiError> {
+    let name = key_name(c.resource)?;
+    let lookup = name.as_str().to_owned();
+    let parked = Parked { id: c.id, ctx: c.ctx, deadline: c.deadline };
+    s.with_key(parked, &lookup, KeyOp::Describe(name), c.now, c.rng);
+    Ok(())
+}
+
+pub(super) fn generate(s: &mut Server, c: Call<'_>) -> Result<(), ApiError> {
+    let name = key_ref(c.resource)?;
+    let [context] = fields(&c.body, ["context"])?;
+    let op = KeyOp::Generate { context: unb64(context)? };
+    s.with_key(Parked { id: c.id, ctx: c.ctx, deadline: c.deadline }, name, op, c.now, c.rng);
+    Ok(())
+}
+
+pub(super) fn encrypt(s: &mut Server, c: Call<'_>) -> Result<(), ApiError> {
+    let name = key_ref(c.resource)?;
+    let [plaintext, context] = fields(&c.body, ["plaintext", "context"])?;
+    let plaintext = SecretBytes::new(unb64(plaintext)?);
+    let op = KeyOp::Encrypt { plaintext, context: unb64(context)? };
+    s.with_key(Parked { id: c.id, ctx: c.ctx, deadline: c.deadline }, name, op, c.now, c.rng);
+    Ok(())
+}
+
+pub(super) fn decrypt(s: &mut Server, c: Call<'_>) -> Result<(), ApiError> {
+    let name = key_ref(c.resource)?;
+    let [ciphertext, context] = fields(&c.body, ["ciphertext", "context"])?;
+    let op = KeyOp::Decrypt { ciphertext: unb64(ciphertext)?, context: unb64(context)? };
+    s.with_key(Parked { id: c.id, ctx: c.ctx, deadline: c.deadline }, name, op, c.now, c.rng);
+    Ok(())
+}
+
+pub(super) fn bulk_decrypt(s: &mut Server, c: Call<'_>) -> Result<(), ApiError> {
+    let name = key_ref(c.resource)?;
+    let items: Vec<Value> = serde_json::from_slice(&c.body).map_err(|_| ApiError::InvalidBody)?;
+    if items.len() > MAX_BULK {
+        return Err(ApiError::TooManyCiphertexts);
+    }
+    let bytes = |obj: &serde_json::Map<String, Value>, name: &str| {
+        wire::bytes_field(obj, name).map_err(|_| ApiError::InvalidBody)
+    };
+    let mut list = Vec::with_capacity(items.len());
+    for item in &items {
+        let obj = item.as_object().ok_or(ApiError::InvalidBody)?;
+        list.push((bytes(obj, "ciphertext")?, bytes(obj, "context")?));
+    }
+    let parked = Parked { id: c.id, ctx: c.ctx, deadline: c.deadline };
+    s.with_key(parked, name, KeyOp::Bulk(list), c.now, c.rng);
+    Ok(())
+}
+
+pub(super) fn hmac(s: &mut Server, c: Call<'_>) -> Result<(), ApiError> {
+    let name = key_ref(c.resource)?;
+    let [message] = fields(&c.body, ["message"])?;
+    let op = KeyOp::Hmac { message: unb64(message)? };
+    s.with_key(Parked { id: c.id, ctx: c.ctx, deadline: c.deadline }, name, op, c.now, c.rng);
+    Ok(())
+}
+
+impl Server {
+    /// Encodes a new key as a KES key file and asks the store to create it.
+    fn create(
+        &mut self,
+        parked: Parked<'_>,
+        name: KeyName,
+        key: &SecretKey,
+    ) -> Result<(), ApiError> {
+        let value = keyfile::encode(key).map_err(|_| ApiError::StoreCreate)?;
+        let id = parked.id;
+        self.issue(parked, Command::Create { name, value }, Pending::Create(id));
+        Ok(())
+    }
+
+    pub(super) fn created(
+        &mut self,
+        req: RequestId,
+        result: Result<StoreReply, StoreError>,
+        now: Now,
+    ) {
+        let r = match result {
+            Ok(_) => Ok(Response::empty(StatusCode::OK)),
+            Err(StoreError::Exists) => Err(ApiError::KeyExists),
+            Err(e) => self.store_failure(e, ApiError::StoreCreate, now),
+        };
+        self.complete(req, r, now);
+    }
+
+    pub(super) fn deleted(
+        &mut self,
+        req: RequestId,
+        name: KeyName,
+        result: Result<StoreReply, StoreError>,
+        now: Now,
+    ) {
+        let r = match result {
+            Ok(_) => {
+                self.cache.evict(name.as_str());
+                Ok(Response::empty(StatusCode::OK))
+            }
+            Err(StoreError::NotFound) => {
+                self.cache.evict(name.as_str());
+                Err(ApiError::KeyNotFound)
+            }
+            Err(e) => self.store_failure(e, ApiError::StoreDelete, now),
+        };
+        self.complete(req, r, now);
+    }
+
+    /// Answers a listing: valid names matching the pattern, sorted, once
+    /// each, as NDJSON.
+    pub(super) fn listed(
+        &mut self,
+        req: RequestId,
+        pattern: ListPattern,
+        result: Result<StoreReply, StoreError>,
+        now: Now,
+    ) {
+        let r = match result {
+            Ok(StoreReply::Names(mut names)) => {
+                names.retain(|n| valid_name(n) && pattern.matches(n));
+                names.sort_unstable();
+                names.dedup();
+                let mut body = Vec::with_capacity(names.len() * 24);
+                for n in names {
+                    body.extend_from_slice(json!({ "name": n }).to_string().as_bytes());
+                    body.push(b'\n');
+                }
+                Ok(Response::with(StatusCode::OK, NDJSON, body))
+            }
+            Ok(_) => Err(ApiError::StoreList),
+            Err(e) => self.store_failure(e, ApiError::StoreList, now),
+        };
+        self.complete(req, r, now);
+    }
+}
