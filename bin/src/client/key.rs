@@ -1,0 +1,274 @@
+//! `kes key ...`: create, import, info, ls, rm, dek, encrypt, decrypt, hmac.
+
+use argh::FromArgs;
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine;
+use serde_json::json;
+
+use super::output::{print_fields, print_json, print_list, tty};
+use super::{decode, decode_opt, each_name};
+
+/// Manage keys.
+#[derive(FromArgs)]
+#[argh(subcommand, name = "key")]
+pub struct KeyCmd {
+    #[argh(subcommand)]
+    cmd: KeySub,
+}
+
+#[derive(FromArgs)]
+#[argh(subcommand)]
+enum KeySub {
+    Create(KeyCreate),
+    Import(KeyImport),
+    Info(KeyInfo),
+    Ls(KeyLs),
+    Rm(KeyRm),
+    Dek(KeyDek),
+    Encrypt(KeyEncrypt),
+    Decrypt(KeyDecrypt),
+    Hmac(KeyHmac),
+}
+
+conn_fields! {
+    /// Create one or more keys.
+    #[derive(FromArgs)]
+    #[argh(subcommand, name = "create")]
+    struct KeyCreate {
+        /// key names
+        #[argh(positional)]
+        names: Vec<String>,
+    }
+}
+
+conn_fields! {
+    /// Import a key: kes key import <name> <base64 32-byte key>.
+    #[derive(FromArgs)]
+    #[argh(subcommand, name = "import")]
+    struct KeyImport {
+        /// key name
+        #[argh(positional)]
+        name: String,
+        /// base64 of the 32 key bytes
+        #[argh(positional)]
+        key: String,
+    }
+}
+
+conn_fields! {
+    /// Show a key's metadata.
+    #[derive(FromArgs)]
+    #[argh(subcommand, name = "info")]
+    struct KeyInfo {
+        /// print JSON
+        #[argh(switch)]
+        json: bool,
+        /// key name
+        #[argh(positional)]
+        name: String,
+    }
+}
+
+conn_fields! {
+    /// List keys (a prefix, or a pattern with *).
+    #[derive(FromArgs)]
+    #[argh(subcommand, name = "ls")]
+    struct KeyLs {
+        /// print JSON
+        #[argh(switch)]
+        json: bool,
+        /// prefix or pattern
+        #[argh(positional, default = "String::new()")]
+        pattern: String,
+    }
+}
+
+conn_fields! {
+    /// Delete one or more keys.
+    #[derive(FromArgs)]
+    #[argh(subcommand, name = "rm")]
+    struct KeyRm {
+        /// key names
+        #[argh(positional)]
+        names: Vec<String>,
+    }
+}
+
+conn_fields! {
+    /// Generate a data key: kes key dek <name> [<base64 context>].
+    #[derive(FromArgs)]
+    #[argh(subcommand, name = "dek")]
+    struct KeyDek {
+        /// print JSON
+        #[argh(switch)]
+        json: bool,
+        /// key name
+        #[argh(positional)]
+        name: String,
+        /// base64 context
+        #[argh(positional)]
+        context: Option<String>,
+    }
+}
+
+conn_fields! {
+    /// Encrypt a message (its raw bytes) with a key.
+    #[derive(FromArgs)]
+    #[argh(subcommand, name = "encrypt")]
+    struct KeyEncrypt {
+        /// print JSON
+        #[argh(switch)]
+        json: bool,
+        /// key name
+        #[argh(positional)]
+        name: String,
+        /// the message
+        #[argh(positional)]
+        message: String,
+    }
+}
+
+conn_fields! {
+    /// Decrypt a base64 ciphertext: kes key decrypt <name> <ciphertext> [<context>].
+    #[derive(FromArgs)]
+    #[argh(subcommand, name = "decrypt")]
+    struct KeyDecrypt {
+        /// print JSON
+        #[argh(switch)]
+        json: bool,
+        /// key name
+        #[argh(positional)]
+        name: String,
+        /// base64 ciphertext
+        #[argh(positional)]
+        ciphertext: String,
+        /// base64 context
+        #[argh(positional)]
+        context: Option<String>,
+    }
+}
+
+conn_fields! {
+    /// HMAC-SHA-256 of a message (its raw bytes) under a key's HMAC key.
+    #[derive(FromArgs)]
+    #[argh(subcommand, name = "hmac")]
+    struct KeyHmac {
+        /// print JSON
+        #[argh(switch)]
+        json: bool,
+        /// key name
+        #[argh(positional)]
+        name: String,
+        /// the message
+        #[argh(positional)]
+        message: String,
+    }
+}
+
+impl KeyCmd {
+    pub fn run(self) -> Result<(), String> {
+        match self.cmd {
+            KeySub::Create(c) => each_name(&c.names, "create", &c.client()?, |client, n| {
+                client.create_key(n).map_err(|e| format!("failed to create key \"{n}\": {e}"))
+            }),
+            KeySub::Import(c) => {
+                let key = zeroize::Zeroizing::new(decode("key", &c.key)?);
+                c.client()?
+                    .import_key(&c.name, &key)
+                    .map_err(|e| format!("failed to import \"{}\": {e}", c.name))
+            }
+            KeySub::Info(c) => c.run(),
+            KeySub::Ls(c) => {
+                let pattern = if c.pattern == "*" { String::new() } else { c.pattern.clone() };
+                let names = c
+                    .client()?
+                    .list_keys(&pattern)
+                    .map_err(|e| format!("failed to list keys: {e}"))?;
+                print_list("Key", &names, c.json);
+                Ok(())
+            }
+            KeySub::Rm(c) => each_name(&c.names, "rm", &c.client()?, |client, n| {
+                client.delete_key(n).map_err(|e| format!("failed to remove key \"{n}\": {e}"))
+            }),
+            KeySub::Dek(c) => c.run(),
+            KeySub::Encrypt(c) => c.run(),
+            KeySub::Decrypt(c) => c.run(),
+            KeySub::Hmac(c) => c.run(),
+        }
+    }
+}
+
+impl KeyInfo {
+    fn run(self) -> Result<(), String> {
+        let i = self
+            .client()?
+            .describe_key(&self.name)
+            .map_err(|e| format!("failed to describe key \"{}\": {e}", self.name))?;
+        if self.json || !tty() {
+            let v = json!({"name": i.name, "algorithm": i.algorithm, "created_at": i.created_at, "created_by": i.created_by});
+            print_json(&v);
+            return Ok(());
+        }
+        let algorithm = i.algorithm.unwrap_or_default();
+        let owner = i.created_by.unwrap_or_default();
+        let fields = [
+            ("Name", i.name.as_str()),
+            ("Algorithm", &algorithm),
+            ("Date", &i.created_at),
+            ("Owner", &owner),
+        ];
+        print_fields(&fields, false);
+        Ok(())
+    }
+}
+
+impl KeyDek {
+    fn run(self) -> Result<(), String> {
+        let ctx = decode_opt("context", self.context.as_ref())?;
+        let dek = self
+            .client()?
+            .generate_key(&self.name, &ctx)
+            .map_err(|e| format!("failed to derive key: {e}"))?;
+        let pt = zeroize::Zeroizing::new(STANDARD.encode(dek.plaintext.as_slice()));
+        let ct = STANDARD.encode(&dek.ciphertext);
+        print_fields(&[("plaintext", pt.as_str()), ("ciphertext", &ct)], self.json);
+        Ok(())
+    }
+}
+
+impl KeyEncrypt {
+    fn run(self) -> Result<(), String> {
+        let ct = self
+            .client()?
+            .encrypt(&self.name, self.message.as_bytes(), b"")
+            .map_err(|e| format!("failed to encrypt message: {e}"))?;
+        print_fields(&[("ciphertext", &STANDARD.encode(ct))], self.json);
+        Ok(())
+    }
+}
+
+impl KeyDecrypt {
+    fn run(self) -> Result<(), String> {
+        let ct = decode("ciphertext", &self.ciphertext)?;
+        let ctx = decode_opt("context", self.context.as_ref())?;
+        let pt = self
+            .client()?
+            .decrypt(&self.name, &ct, &ctx)
+            .map_err(|e| format!("failed to decrypt ciphertext: {e}"))?;
+        let pt = zeroize::Zeroizing::new(STANDARD.encode(pt.as_slice()));
+        print_fields(&[("plaintext", pt.as_str())], self.json);
+        Ok(())
+    }
+}
+
+impl KeyHmac {
+    fn run(self) -> Result<(), String> {
+        let mac = self
+            .client()?
+            .hmac(&self.name, self.message.as_bytes())
+            .map_err(|e| format!("failed to compute HMAC: {e}"))?;
+        let hex: String = mac.iter().map(|b| format!("{b:02x}")).collect();
+        print_fields(&[("hmac", &hex)], self.json);
+        Ok(())
+    }
+}

@@ -1,0 +1,86 @@
+//! `kes policy ...`: info, ls, show.
+
+use argh::FromArgs;
+
+use super::output::{print_json, print_list};
+
+/// Inspect policies.
+#[derive(FromArgs)]
+#[argh(subcommand, name = "policy")]
+pub struct PolicyCmd {
+    #[argh(subcommand)]
+    cmd: PolicySub,
+}
+
+#[derive(FromArgs)]
+#[argh(subcommand)]
+enum PolicySub {
+    Info(PolicyInfo),
+    Ls(PolicyLs),
+    Show(PolicyShow),
+}
+
+conn_fields! {
+    /// Show a policy's metadata.
+    #[derive(FromArgs)]
+    #[argh(subcommand, name = "info")]
+    struct PolicyInfo {
+        /// policy name
+        #[argh(positional)]
+        name: String,
+    }
+}
+
+conn_fields! {
+    /// List policies.
+    #[derive(FromArgs)]
+    #[argh(subcommand, name = "ls")]
+    struct PolicyLs {
+        /// print JSON
+        #[argh(switch)]
+        json: bool,
+        /// prefix or pattern
+        #[argh(positional, default = "String::new()")]
+        pattern: String,
+    }
+}
+
+conn_fields! {
+    /// Show a policy's allow and deny patterns.
+    #[derive(FromArgs)]
+    #[argh(subcommand, name = "show")]
+    struct PolicyShow {
+        /// policy name
+        #[argh(positional)]
+        name: String,
+    }
+}
+
+impl PolicyCmd {
+    pub fn run(self) -> Result<(), String> {
+        match self.cmd {
+            PolicySub::Info(c) => {
+                let v = c
+                    .client()?
+                    .describe_policy(&c.name)
+                    .map_err(|e| format!("failed to describe policy \"{}\": {e}", c.name))?;
+                print_json(&v);
+            }
+            PolicySub::Ls(c) => {
+                let names = c
+                    .client()?
+                    .list_policies(&c.pattern)
+                    .map_err(|e| format!("failed to list policies: {e}"))?;
+                print_list("Policy", &names, c.json);
+            }
+            PolicySub::Show(c) => {
+                let v = c
+                    .client()?
+                    .read_policy(&c.name)
+                    .map_err(|e| format!("failed to show policy \"{}\": {e}", c.name))?;
+                print_json(&v);
+            }
+        }
+        Ok(())
+    }
+}
