@@ -138,18 +138,20 @@ for fam in text_string_to_metric_families(sys.stdin.read()):
 print(json.dumps(out))
 "#;
     use std::io::Write;
-    let mut child = std::process::Command::new("python3")
+    // scripts/test.sh points this at a venv with prometheus-client.
+    let python = std::env::var("KES_TEST_PYTHON").unwrap_or_else(|_| "python3".into());
+    let mut child = std::process::Command::new(python)
         .args(["-c", script])
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
-        .expect("python3");
+        .expect("python3 (run the tests with scripts/test.sh, which sets up the parser)");
     child.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
     let out = child.wait_with_output().unwrap();
     assert!(
         out.status.success(),
-        "the Prometheus parser rejected the metrics (pip install prometheus-client): {}",
+        "the Prometheus parser rejected the metrics (run the tests with scripts/test.sh): {}",
         String::from_utf8_lossy(&out.stderr)
     );
     serde_json::from_slice(&out.stdout).unwrap()

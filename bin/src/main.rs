@@ -32,7 +32,18 @@ enum Cmd {
     Migrate(client::MigrateCmd),
 }
 
+/// `kes -v` / `kes --version`, as KES prints it: aligned lines.
+fn print_version() {
+    println!("Version    {}", env!("CARGO_PKG_VERSION"));
+    println!("Runtime    rust {}/{}", std::env::consts::OS, std::env::consts::ARCH);
+    println!("License    {}", env!("CARGO_PKG_LICENSE"));
+}
+
 fn main() {
+    if matches!(std::env::args().nth(1).as_deref(), Some("-v" | "--version")) {
+        print_version();
+        return;
+    }
     let kes: Kes = argh::from_env();
     let result = match kes.cmd {
         Cmd::Server(cmd) => server::run(cmd),

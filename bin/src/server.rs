@@ -9,7 +9,7 @@ use kes_adapters::store::{FsStore, KeyStore, MemStore};
 use kes_adapters::tls::{self, ClientAuth};
 use kes_adapters::{start, ServerOptions};
 use kes_core::config::{AdminSetting, KeystoreConfig};
-use kes_core::{Config, Identity};
+use kes_core::Config;
 
 /// Start a KES server.
 #[derive(FromArgs)]
@@ -46,6 +46,7 @@ pub fn run(cmd: ServerCmd) -> Result<(), String> {
         }
         return run_dev(cmd.addr.as_deref().unwrap_or("127.0.0.1:7373"));
     }
+
     let loaded = load(&cmd)?;
     for w in &loaded.config.warnings {
         eprintln!("kes: warning: {w}");
@@ -64,6 +65,11 @@ pub fn run(cmd: ServerCmd) -> Result<(), String> {
     };
     let admin = admin_label(&loaded.config);
     let keystore = loaded.config.keystore.clone();
+    let auth = ClientAuth {
+        verify: loaded.config.tls.auth.unwrap_or(false),
+        required: !loaded.config.any_skip_auth(),
+    };
+    let auth_text = auth_label(auth, loaded.config.tls.ca.as_deref());
     let running = start(ServerOptions {
         config: loaded.config,
         addr: loaded.addr,
@@ -74,6 +80,7 @@ pub fn run(cmd: ServerCmd) -> Result<(), String> {
     eprintln!("kes: listening on https://{}", running.addr());
     eprintln!("kes: admin identity: {admin}");
     eprintln!("kes: key store: {store_label}");
+    eprintln!("kes: client certificates: {auth_text}");
     serve_until_signal(running, |running| {
         let loaded = load(&cmd)?;
         if loaded.config.keystore != keystore {
@@ -150,6 +157,9 @@ fn load(cmd: &ServerCmd) -> Result<Loaded, String> {
             _ => return Err(format!("--auth: invalid value '{a}': use on or off")),
         });
     }
+    if cmd.config.is_none() {
+        return Err("no config file given: use 'kes server --config FILE', or 'kes server --dev' for a development server".into());
+    }
     if config.admin == AdminSetting::Unset {
         return Err(
             "no admin identity specified: set admin.identity in the config or use --root".into()
@@ -200,49 +210,31 @@ fn parse_addr(s: &str) -> Result<SocketAddr, String> {
     full.parse().map_err(|_| format!("invalid listen address '{s}': use ip:port"))
 }
 
-/// `--dev`: a throwaway server with fresh certificates and an admin client
-/// certificate, everything written to a private temp directory.
+/// `--dev`: a throwaway server with fresh certificates and a fresh API key
+/// as admin (as KES v0.24 does), everything written to a private temp
+/// directory that is removed again when the server stops.
 fn run_dev(addr: &str) -> Result<(), String> {
     let addr = parse_addr(addr)?;
-    let dir = std::env::temp_dir().join(format!("kes-dev-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-    let mut sans = vec!["localhost".to_owned(), "127.0.0.1".to_owned()];
-    if !addr.ip().is_unspecified() && !sans.contains(&addr.ip().to_string()) {
-        sans.push(addr.ip().to_string());
-    }
-    let server_key =
-        rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).map_err(|e| e.to_string())?;
-    let mut params = rcgen::CertificateParams::new(sans).map_err(|e| e.to_string())?;
-    params.distinguished_name.push(rcgen::DnType::CommonName, "localhost");
-    params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
-    let server_cert = params.self_signed(&server_key).map_err(|e| e.to_string())?;
-    let admin_key =
-        rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).map_err(|e| e.to_string())?;
-    let mut params =
-        rcgen::CertificateParams::new(Vec::<String>::new()).map_err(|e| e.to_string())?;
-    params.distinguished_name.push(rcgen::DnType::CommonName, "kes-dev-admin");
-    params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
-    let admin_cert = params.self_signed(&admin_key).map_err(|e| e.to_string())?;
-    let admin = Identity::from_certificate(admin_cert.der()).map_err(|e| e.to_string())?;
+    let dir = DevDir::create()?;
+    let (server_cert, server_key) = dev_server_certificate(addr)?;
+    let api_key = kes_client::ApiKey::generate();
+    let admin = api_key.identity().map_err(|e| e.to_string())?;
+    let (admin_cert, _) = api_key.certificate().map_err(|e| e.to_string())?;
     let write = |name: &str, text: &str| -> Result<PathBuf, String> {
-        let p = dir.join(name);
+        let p = dir.0.join(name);
         write_private(&p, text).map_err(|e| format!("{}: {e}", p.display()))?;
         Ok(p)
     };
     let server_cert_path = write("server.cert", &server_cert.pem())?;
     let server_key_path = write("server.key", &server_key.serialize_pem())?;
-    let admin_cert_path = write("admin.cert", &admin_cert.pem())?;
-    let admin_key_path = write("admin.key", &admin_key.serialize_pem())?;
+    let admin_cert_path = write("admin.cert", &pem("CERTIFICATE", admin_cert.as_ref()))?;
+    let admin_key_path =
+        write("admin.key", &zeroize::Zeroizing::new(pem("PRIVATE KEY", &api_key.pkcs8())))?;
     let mut config = Config::empty();
     config.admin = AdminSetting::Identity(admin);
     config.log.audit = true;
-    let tls_config = tls::server_config(
-        &server_cert_path,
-        &server_key_path,
-        None,
-        ClientAuth { verify: false, required: true },
-        None,
-    )?;
+    let auth = ClientAuth { verify: false, required: true };
+    let tls_config = tls::server_config(&server_cert_path, &server_key_path, None, auth, None)?;
     let running = start(ServerOptions {
         config,
         addr,
@@ -254,14 +246,19 @@ fn run_dev(addr: &str) -> Result<(), String> {
         if addr.ip().is_unspecified() { "127.0.0.1".to_owned() } else { addr.ip().to_string() };
     let url = format!("https://{host}:{}", running.addr().port());
     eprintln!("kes: development server listening on {url}");
-    eprintln!(
-        "kes: keys live in memory and are lost on exit; certificates are in {}",
-        dir.display()
-    );
+    eprintln!("kes: keys live in memory and are lost on exit");
+    eprintln!("kes: client certificates: {}", auth_label(auth, None));
     eprintln!("kes: admin identity: {admin}");
+    eprintln!("kes: admin API key:  {}", api_key.secret_text().as_str());
     eprintln!();
     eprintln!("Paste into a client shell:");
     eprintln!("  export KES_SERVER={url}");
+    eprintln!("  export KES_CAPATH={}", server_cert_path.display());
+    eprintln!("  export KES_API_KEY={}", api_key.secret_text().as_str());
+    eprintln!();
+    eprintln!(
+        "Clients without API keys use the same identity's certificate instead of KES_API_KEY:"
+    );
     eprintln!("  export KES_CLIENT_CERT={}", admin_cert_path.display());
     eprintln!("  export KES_CLIENT_KEY={}", admin_key_path.display());
     eprintln!();
@@ -272,7 +269,84 @@ fn run_dev(addr: &str) -> Result<(), String> {
         admin_cert_path.display(),
         admin_key_path.display()
     );
+    eprintln!();
+    eprintln!("The certificates live in {} until the server stops.", dir.0.display());
     serve_until_signal(running, |_| Err("there is no config file to reload in --dev mode".into()))
+}
+
+/// What the banner says about client certificates.
+fn auth_label(auth: ClientAuth, ca: Option<&str>) -> String {
+    match (auth.required, auth.verify) {
+        (true, false) => {
+            "required, not chain-verified (policies pin identities by public-key hash)".into()
+        }
+        (false, false) => "optional (some routes skip authentication), not chain-verified".into(),
+        (req, true) => format!(
+            "{}, verified against {}",
+            if req { "required" } else { "optional (some routes skip authentication)" },
+            ca.unwrap_or("the system's CA certificates")
+        ),
+    }
+}
+
+/// A self-signed ECDSA P-256 server certificate for localhost and the
+/// listen address.
+fn dev_server_certificate(
+    addr: SocketAddr,
+) -> Result<(rcgen::Certificate, rcgen::KeyPair), String> {
+    let mut sans = vec!["localhost".to_owned(), "127.0.0.1".to_owned()];
+    if !addr.ip().is_unspecified() && !sans.contains(&addr.ip().to_string()) {
+        sans.push(addr.ip().to_string());
+    }
+    let key =
+        rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).map_err(|e| e.to_string())?;
+    let mut params = rcgen::CertificateParams::new(sans).map_err(|e| e.to_string())?;
+    params.distinguished_name.push(rcgen::DnType::CommonName, "localhost");
+    params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
+    let cert = params.self_signed(&key).map_err(|e| e.to_string())?;
+    Ok((cert, key))
+}
+
+fn pem(label: &str, der: &[u8]) -> String {
+    use base64::Engine as _;
+    let b64 = base64::engine::general_purpose::STANDARD.encode(der);
+    let lines: Vec<&str> =
+        b64.as_bytes().chunks(64).map(|c| std::str::from_utf8(c).unwrap_or("")).collect();
+    format!("-----BEGIN {label}-----\n{}\n-----END {label}-----\n", lines.join("\n"))
+}
+
+/// `--dev`'s certificate directory: created fresh (mode 0700, a random
+/// name, never an existing directory) and removed when dropped, which
+/// happens on a clean exit and when start-up fails.
+struct DevDir(PathBuf);
+
+impl DevDir {
+    fn create() -> Result<Self, String> {
+        use rand_core::RngCore;
+        use std::os::unix::fs::DirBuilderExt;
+        let mut last = None;
+        for _ in 0..8 {
+            let mut random = [0u8; 12];
+            rand_core::OsRng.fill_bytes(&mut random);
+            let name: String = random.iter().map(|b| format!("{b:02x}")).collect();
+            let path = std::env::temp_dir().join(format!("kes-dev-{name}"));
+            match std::fs::DirBuilder::new().mode(0o700).create(&path) {
+                Ok(()) => return Ok(Self(path)),
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => last = Some(e),
+                Err(e) => return Err(format!("{}: {e}", path.display())),
+            }
+        }
+        Err(format!(
+            "cannot create a private temp directory: {}",
+            last.map_or_else(String::new, |e| e.to_string())
+        ))
+    }
+}
+
+impl Drop for DevDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
 
 fn write_private(path: &Path, text: &str) -> std::io::Result<()> {

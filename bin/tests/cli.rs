@@ -182,22 +182,50 @@ fn config_errors_name_file_and_line() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("missing.yml"));
 }
 
+/// The lines `--dev` prints work when pasted: our own CLI (with the API key
+/// and KES_CAPATH) and curl (with the certificate files). The certificate
+/// directory is private and gone after the server stops; a failed start
+/// leaves nothing behind either.
 #[test]
 fn dev_mode_prints_a_working_client_setup() {
-    let mut kes = Running::spawn(Command::new(env!("CARGO_BIN_EXE_kes")).args([
-        "server",
-        "--dev",
-        "--addr",
-        "127.0.0.1:0",
-    ]));
-    let url = kes.wait_for("export KES_SERVER=").rsplit('=').next().unwrap().to_owned();
-    let cert = kes.wait_for("export KES_CLIENT_CERT=").rsplit('=').next().unwrap().to_owned();
-    let key = kes.wait_for("export KES_CLIENT_KEY=").rsplit('=').next().unwrap().to_owned();
-    let ca = Path::new(&cert).with_file_name("server.cert");
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = tempdir("devtmp");
+    let mut kes = Running::spawn(
+        Command::new(env!("CARGO_BIN_EXE_kes"))
+            .args(["server", "--dev", "--addr", "127.0.0.1:0"])
+            .env("TMPDIR", &tmp),
+    );
+    let banner = kes.wait_for("client certificates:");
+    assert!(banner.contains("not chain-verified"), "{banner}");
+    let value = |kes: &mut Running, name: &str| {
+        kes.wait_for(&format!("export {name}=")).split_once('=').unwrap().1.to_owned()
+    };
+    let url = value(&mut kes, "KES_SERVER");
+    let capath = value(&mut kes, "KES_CAPATH");
+    let api_key = value(&mut kes, "KES_API_KEY");
+    let cert = value(&mut kes, "KES_CLIENT_CERT");
+    let key = value(&mut kes, "KES_CLIENT_KEY");
+    assert!(api_key.starts_with("kes:v1:"), "{api_key}");
+    let dir = Path::new(&capath).parent().unwrap().to_owned();
+    assert!(dir.starts_with(&tmp));
+    assert_eq!(std::fs::metadata(&dir).unwrap().permissions().mode() & 0o777, 0o700);
+
+    let pasted = [
+        ("KES_SERVER", url.clone()),
+        ("KES_CAPATH", capath.clone()),
+        ("KES_API_KEY", api_key.clone()),
+    ];
+    let (code, _, err) = kes_client(&pasted, &["key", "create", "dev-key"]);
+    assert_eq!(code, 0, "the pasted lines work with kes itself: {err}");
+    let (code, out, err) = kes_client(&pasted, &["identity", "info", "--json"]);
+    assert_eq!(code, 0, "{err}");
+    let id = kes_client(&[], &["identity", "of", &api_key]).1;
+    assert!(out.contains(id.trim()), "the API key is the admin: {out} vs {id}");
+
     let out = Command::new("curl")
         .args(["-sS", "-w", " %{http_code}"])
         .arg("--cacert")
-        .arg(&ca)
+        .arg(&capath)
         .args(["--cert", &cert, "--key", &key])
         .arg(format!("{url}/v1/status"))
         .output()
@@ -205,6 +233,40 @@ fn dev_mode_prints_a_working_client_setup() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.ends_with(" 200"), "{text} {}", String::from_utf8_lossy(&out.stderr));
     assert!(text.contains("\"keystore_latency\""));
+
+    signal(&kes.child, "-TERM");
+    assert_eq!(kes.child.wait().unwrap().code(), Some(0));
+    assert!(!dir.exists(), "the certificate directory is removed on exit");
+
+    // A port that is taken: start-up fails and removes its directory too.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_kes"))
+        .args(["server", "--dev", "--addr", &taken.local_addr().unwrap().to_string()])
+        .env("TMPDIR", &tmp)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot listen"));
+    assert_eq!(std::fs::read_dir(&tmp).unwrap().count(), 0, "nothing left in TMPDIR");
+    std::fs::remove_dir_all(&tmp).unwrap();
+}
+
+/// `kes --version`, `kes server` without a mode, `kes identity` alone.
+#[test]
+fn version_missing_mode_and_bare_identity() {
+    for flag in ["-v", "--version"] {
+        let out = Command::new(env!("CARGO_BIN_EXE_kes")).arg(flag).output().unwrap();
+        assert!(out.status.success());
+        assert!(String::from_utf8_lossy(&out.stdout).contains(env!("CARGO_PKG_VERSION")));
+    }
+    let out = Command::new(env!("CARGO_BIN_EXE_kes")).arg("server").output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--config") && err.contains("--dev"), "{err}");
+    let (code, out, _) = kes_client(&[], &["identity"]);
+    assert_eq!(code, 0);
+    let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert!(v["api_key"].as_str().unwrap().starts_with("kes:v1:"), "{out}");
 }
 
 #[test]
@@ -380,7 +442,11 @@ fn client_commands_against_a_real_server() {
     // A server whose certificate the client does not trust.
     let mut untrusted = env.clone();
     untrusted[3].1 = path("app.cert");
-    fail(&untrusted, &["key", "ls"], "certificate");
+    fail(
+        &untrusted,
+        &["key", "ls"],
+        "the server's certificate is not trusted: set KES_CAPATH or use -k (insecure)",
+    );
     fail(&[], &["key", "ls"], "no API key specified");
 }
 

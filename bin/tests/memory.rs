@@ -26,25 +26,31 @@ fn rss_kib(pid: u32) -> u64 {
         .unwrap()
 }
 
-struct Kill(std::process::Child);
+/// The server, stopped with SIGTERM so that it removes its --dev directory,
+/// and the private TMPDIR it ran with, removed after it.
+struct Kill(std::process::Child, std::path::PathBuf);
 
 impl Drop for Kill {
     fn drop(&mut self) {
-        let _ = self.0.kill();
+        let _ = Command::new("kill").args(["-TERM", &self.0.id().to_string()]).status();
         let _ = self.0.wait();
+        let _ = std::fs::remove_dir_all(&self.1);
     }
 }
 
 #[test]
 fn rss_falls_back_after_a_connection_flood() {
+    let tmp = std::env::temp_dir().join(format!("kes-memory-test-{}", std::process::id()));
+    std::fs::create_dir_all(&tmp).unwrap();
     let mut child = Command::new(env!("CARGO_BIN_EXE_kes"))
         .args(["server", "--dev", "--addr", "127.0.0.1:0"])
+        .env("TMPDIR", &tmp)
         .stderr(Stdio::piped())
         .stdout(Stdio::null())
         .spawn()
         .unwrap();
     let stderr = BufReader::new(child.stderr.take().unwrap());
-    let kes = Kill(child);
+    let kes = Kill(child, tmp);
     let (mut url, mut cert, mut key) = (String::new(), String::new(), String::new());
     for line in stderr.lines().map_while(Result::ok) {
         let value = || line.rsplit('=').next().unwrap().to_owned();

@@ -36,6 +36,9 @@ pub enum ClientError {
     InvalidApiKey(String),
     /// A certificate or key could not be loaded or used.
     Certificate(String),
+    /// The server's certificate is not trusted (unknown issuer, wrong name,
+    /// expired): the client refused the server, not the other way round.
+    ServerCertificate(String),
     /// The client was configured wrongly.
     Config(String),
 }
@@ -73,6 +76,10 @@ impl fmt::Display for ClientError {
             Self::InvalidResponse(m) => write!(f, "invalid answer from the server: {m}"),
             Self::InvalidApiKey(m) => write!(f, "invalid API key: {m}"),
             Self::Certificate(m) => write!(f, "client certificate: {m}"),
+            Self::ServerCertificate(m) => write!(
+                f,
+                "the server's certificate is not trusted: set KES_CAPATH or use -k (insecure); reason: {m}"
+            ),
             Self::Config(m) => f.write_str(m),
         }
     }

@@ -120,6 +120,7 @@ impl Transport {
                     return Err(ClientError::Connect(format!("{}:{}: {e}", ep.host, ep.port)))
                 }
                 Some(Err(Failure::Tls(e))) => return Err(ClientError::Certificate(e)),
+                Some(Err(Failure::ServerCert(e))) => return Err(ClientError::ServerCertificate(e)),
             }
         }
         Err(last.unwrap_or_else(|| ClientError::Connect("no endpoint".into())))
@@ -145,6 +146,7 @@ impl Transport {
             let mut tls = match self.open(ep).await {
                 Ok(t) => t,
                 Err(Failure::Tls(e)) => return Err(ClientError::Certificate(e)),
+                Err(Failure::ServerCert(e)) => return Err(ClientError::ServerCertificate(e)),
                 Err(Failure::Connect(e) | Failure::AfterSend(e)) => {
                     last = Some(ClientError::Connect(format!("{}:{}: {e}", ep.host, ep.port)));
                     continue;
@@ -214,11 +216,13 @@ impl Transport {
         let name =
             ServerName::try_from(ep.host.clone()).map_err(|e| Failure::Tls(e.to_string()))?;
         self.connector.connect(name, tcp).await.map_err(|e| {
-            // A rejected certificate is a TLS error worth reporting as such.
-            if e.get_ref().is_some_and(|inner| inner.downcast_ref::<rustls::Error>().is_some()) {
-                Failure::Tls(e.to_string())
-            } else {
-                Failure::Connect(e)
+            // A rejected certificate is a TLS error worth reporting as such;
+            // our own verdict on the server's certificate is told apart from
+            // the server refusing ours.
+            match e.get_ref().and_then(|inner| inner.downcast_ref::<rustls::Error>()) {
+                Some(rustls::Error::InvalidCertificate(c)) => Failure::ServerCert(reason(c)),
+                Some(_) => Failure::Tls(e.to_string()),
+                None => Failure::Connect(e),
             }
         })
     }
@@ -365,7 +369,25 @@ impl LogLines {
 enum Failure {
     Connect(std::io::Error),
     AfterSend(std::io::Error),
+    /// The handshake failed over the client certificate or TLS itself.
     Tls(String),
+    /// We do not trust the server's certificate.
+    ServerCert(String),
+}
+
+/// Why the server's certificate was not accepted, in words.
+fn reason(c: &rustls::CertificateError) -> String {
+    use rustls::CertificateError as E;
+    match c {
+        E::UnknownIssuer => "it is not issued by a trusted CA".into(),
+        E::NotValidForName | E::NotValidForNameContext { .. } => {
+            "it is not valid for this server name".into()
+        }
+        E::Expired | E::ExpiredContext { .. } => "it has expired".into(),
+        E::NotValidYet | E::NotValidYetContext { .. } => "it is not valid yet".into(),
+        E::BadSignature => "its signature is invalid".into(),
+        other => format!("{other:?}"),
+    }
 }
 
 fn head_end(raw: &[u8]) -> Option<usize> {

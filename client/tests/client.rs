@@ -153,7 +153,14 @@ fn wrong_server_certificate_is_refused() {
         .credentials(Credentials::ApiKey(admin_key(&s)))
         .build_blocking()
         .unwrap();
-    assert!(matches!(c.version(), Err(ClientError::Certificate(_))), "{:?}", c.version());
+    match c.version() {
+        Err(e @ ClientError::ServerCertificate(_)) => {
+            let m = e.to_string();
+            assert!(m.contains("set KES_CAPATH or use -k"), "{m}");
+            assert!(m.contains("not issued by a trusted CA"), "{m}");
+        }
+        other => panic!("expected a server certificate error, got {other:?}"),
+    }
     s.server.stop();
 }
 
@@ -192,7 +199,9 @@ fn wrong_server_name_is_refused() {
         .build_blocking()
         .unwrap();
     match c.version() {
-        Err(ClientError::Certificate(m)) => assert!(m.contains("not valid for name"), "{m}"),
+        Err(ClientError::ServerCertificate(m)) => {
+            assert!(m.contains("not valid for this server name"), "{m}")
+        }
         other => panic!("expected a certificate error, got {other:?}"),
     }
     s.server.stop();

@@ -6,15 +6,14 @@ use base64::Engine;
 use kes_client::ApiKey;
 use serde_json::json;
 
-use super::connect;
-use super::output::{print_json, print_list, tty};
+use super::output::{print_fields, print_json, print_list, print_patterns, tty};
 
-/// Identity helpers.
+/// Identities: alone, a new API key; or of, new, info, ls.
 #[derive(FromArgs)]
 #[argh(subcommand, name = "identity")]
 pub struct IdentityCmd {
     #[argh(subcommand)]
-    cmd: IdentitySub,
+    cmd: Option<IdentitySub>,
 }
 
 #[derive(FromArgs)]
@@ -63,48 +62,50 @@ struct IdentityNew {
     subject: Option<String>,
 }
 
-/// Describe an identity (default: your own, as the server sees it).
-#[derive(FromArgs)]
-#[argh(subcommand, name = "info")]
-struct IdentityInfo {
-    /// server endpoint(s) (default: $KES_SERVER)
-    #[argh(option, short = 's')]
-    server: Option<String>,
-    /// do not verify the server's certificate
-    #[argh(switch, short = 'k')]
-    insecure: bool,
-    /// identity to describe
-    #[argh(positional)]
-    identity: Option<String>,
+conn_fields! {
+    /// Describe an identity (default: your own, as the server sees it).
+    #[derive(FromArgs)]
+    #[argh(subcommand, name = "info")]
+    struct IdentityInfo {
+        /// print JSON
+        #[argh(switch)]
+        json: bool,
+        /// identity to describe
+        #[argh(positional)]
+        identity: Option<String>,
+    }
 }
 
-/// List identities.
-#[derive(FromArgs)]
-#[argh(subcommand, name = "ls")]
-struct IdentityLs {
-    /// server endpoint(s) (default: $KES_SERVER)
-    #[argh(option, short = 's')]
-    server: Option<String>,
-    /// do not verify the server's certificate
-    #[argh(switch, short = 'k')]
-    insecure: bool,
-    /// print JSON
-    #[argh(switch)]
-    json: bool,
-    /// prefix
-    #[argh(positional, default = "String::new()")]
-    prefix: String,
+conn_fields! {
+    /// List identities.
+    #[derive(FromArgs)]
+    #[argh(subcommand, name = "ls")]
+    struct IdentityLs {
+        /// print JSON
+        #[argh(switch)]
+        json: bool,
+        /// prefix
+        #[argh(positional, default = "String::new()")]
+        prefix: String,
+    }
 }
 
 impl IdentityCmd {
     pub fn run(self) -> Result<(), String> {
         match self.cmd {
-            IdentitySub::Of(of) => print_identities(&of.args),
-            IdentitySub::New(n) => new_identity(n),
-            IdentitySub::Info(i) => {
-                identity_info(i.server.as_deref(), i.insecure, i.identity.as_deref())
+            // As KES v0.24: `kes identity` alone makes a new API key.
+            None => identity_new(None, None, false, &Default::default()),
+            Some(IdentitySub::Of(of)) => print_identities(&of.args),
+            Some(IdentitySub::New(n)) => new_identity(n),
+            Some(IdentitySub::Info(i)) => i.run(),
+            Some(IdentitySub::Ls(l)) => {
+                let ids = l
+                    .client()?
+                    .list_identities(&l.prefix)
+                    .map_err(|e| format!("failed to list identities: {e}"))?;
+                print_list("Identity", &ids, l.json);
+                Ok(())
             }
-            IdentitySub::Ls(l) => identity_ls(l.server.as_deref(), l.insecure, &l.prefix, l.json),
         }
     }
 }
@@ -211,32 +212,35 @@ fn write_private(path: &str, text: &str) -> Result<(), String> {
     f.write_all(text.as_bytes()).map_err(|e| format!("{path}: {e}"))
 }
 
-/// `kes identity info [<identity>]`.
-fn identity_info(
-    server: Option<&str>,
-    insecure: bool,
-    identity: Option<&str>,
-) -> Result<(), String> {
-    let c = connect(server, insecure)?;
-    let v = match identity {
-        Some(id) => c.describe_identity(id),
-        None => c.describe_self(),
+impl IdentityInfo {
+    /// Readable text on a terminal, JSON when piped or with `--json`.
+    fn run(self) -> Result<(), String> {
+        let c = self.client()?;
+        let v = match &self.identity {
+            Some(id) => c.describe_identity(id),
+            None => c.describe_self(),
+        }
+        .map_err(|e| format!("failed to describe identity: {e}"))?;
+        if self.json || !tty() {
+            print_json(&v);
+            return Ok(());
+        }
+        let text = |k: &str| v[k].as_str().unwrap_or("").to_owned();
+        let identity = self.identity.clone().unwrap_or_else(|| text("identity"));
+        let role = if v["admin"].as_bool() == Some(true) { "Admin" } else { "User" };
+        let policy = match &v["policy"] {
+            serde_json::Value::String(p) => p.clone(),
+            _ => text("policy_name"),
+        };
+        let mut fields = vec![("Identity", identity), ("Role", role.to_owned())];
+        if !policy.is_empty() {
+            fields.push(("Policy", policy));
+        }
+        fields.push(("Created At", text("created_at")));
+        fields.push(("Created By", text("created_by")));
+        let fields: Vec<(&str, &str)> = fields.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        print_fields(&fields, false);
+        print_patterns(&v);
+        Ok(())
     }
-    .map_err(|e| format!("failed to describe identity: {e}"))?;
-    print_json(&v);
-    Ok(())
-}
-
-/// `kes identity ls [<prefix>]`.
-fn identity_ls(
-    server: Option<&str>,
-    insecure: bool,
-    prefix: &str,
-    as_json: bool,
-) -> Result<(), String> {
-    let ids = connect(server, insecure)?
-        .list_identities(prefix)
-        .map_err(|e| format!("failed to list identities: {e}"))?;
-    print_list("Identity", &ids, as_json);
-    Ok(())
 }

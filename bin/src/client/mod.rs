@@ -22,7 +22,7 @@ macro_rules! conn_fields {
         $(#[$m])*
         $vis struct $name {
             /// server endpoint(s), comma-separated (default: $KES_SERVER)
-            #[argh(option, short = 's')]
+            #[argh(option)]
             server: Option<String>,
             /// do not verify the server's certificate
             #[argh(switch, short = 'k')]
@@ -31,7 +31,7 @@ macro_rules! conn_fields {
         }
         impl $name {
             fn client(&self) -> Result<kes_client::blocking::Client, String> {
-                $crate::client::connect(self.server.as_deref(), self.insecure)
+                $crate::client::connect(self.server.as_deref(), None, self.insecure)
             }
         }
     };
@@ -58,14 +58,22 @@ fn env_first(names: &[&str]) -> Option<String> {
     names.iter().find_map(|n| std::env::var(n).ok())
 }
 
-pub(crate) fn connect(server: Option<&str>, insecure: bool) -> Result<Client, String> {
+/// A client from the environment (cli.md §2.2); `server` and `api_key`
+/// override their variables (`kes ls -s/-a`, and `--server` everywhere).
+pub(crate) fn connect(
+    server: Option<&str>,
+    api_key: Option<&str>,
+    insecure: bool,
+) -> Result<Client, String> {
     let servers = server
         .map(str::to_owned)
         .or_else(|| env_first(&["MINIO_KES_SERVER", "KES_SERVER", "MINIO_KMS_KES_ENDPOINT"]))
         .unwrap_or_else(|| "127.0.0.1:7373".into());
     let endpoints: Vec<&str> =
         servers.split(',').map(str::trim).filter(|s| !s.is_empty()).collect();
-    let api_key = env_first(&["MINIO_KES_API_KEY", "KES_API_KEY", "MINIO_KMS_KES_API_KEY"])
+    let api_key = api_key
+        .map(str::to_owned)
+        .or_else(|| env_first(&["MINIO_KES_API_KEY", "KES_API_KEY", "MINIO_KMS_KES_API_KEY"]))
         .filter(|s| !s.is_empty());
     let key = env_first(&["MINIO_KES_KEY_FILE", "KES_CLIENT_KEY", "MINIO_KES_CLIENT_KEY"])
         .filter(|s| !s.is_empty());

@@ -60,3 +60,21 @@ pub fn print_fields(fields: &[(&str, &str)], as_json: bool) {
         println!("{}{} {v}", bold(&label), " ".repeat(width - label.len()));
     }
 }
+
+/// A policy's `allow` and `deny` patterns as bulleted sections (v0.24
+/// shapes: objects keyed by pattern; v0.19: arrays).
+pub fn print_patterns(v: &Value) {
+    for (key, title) in [("allow", "Allow"), ("deny", "Deny")] {
+        let patterns: Vec<String> = match &v[key] {
+            Value::Object(m) => m.keys().cloned().collect(),
+            Value::Array(a) => a.iter().filter_map(|p| p.as_str().map(str::to_owned)).collect(),
+            _ => Vec::new(),
+        };
+        if !patterns.is_empty() {
+            println!("{}", bold(&format!("{title}:")));
+            for p in patterns {
+                println!("  · {p}");
+            }
+        }
+    }
+}

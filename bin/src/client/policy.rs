@@ -2,7 +2,7 @@
 
 use argh::FromArgs;
 
-use super::output::{print_json, print_list};
+use super::output::{print_fields, print_json, print_list, print_patterns, tty};
 
 /// Inspect policies.
 #[derive(FromArgs)]
@@ -25,6 +25,9 @@ conn_fields! {
     #[derive(FromArgs)]
     #[argh(subcommand, name = "info")]
     struct PolicyInfo {
+        /// print JSON
+        #[argh(switch)]
+        json: bool,
         /// policy name
         #[argh(positional)]
         name: String,
@@ -50,6 +53,9 @@ conn_fields! {
     #[derive(FromArgs)]
     #[argh(subcommand, name = "show")]
     struct PolicyShow {
+        /// print JSON
+        #[argh(switch)]
+        json: bool,
         /// policy name
         #[argh(positional)]
         name: String,
@@ -64,7 +70,13 @@ impl PolicyCmd {
                     .client()?
                     .describe_policy(&c.name)
                     .map_err(|e| format!("failed to describe policy \"{}\": {e}", c.name))?;
-                print_json(&v);
+                if c.json || !tty() {
+                    print_json(&v);
+                } else {
+                    let text = |k: &str| v[k].as_str().unwrap_or("").to_owned();
+                    let (date, by) = (text("created_at"), text("created_by"));
+                    print_fields(&[("Name", &c.name), ("Date", &date), ("Created by", &by)], false);
+                }
             }
             PolicySub::Ls(c) => {
                 let names = c
@@ -78,7 +90,14 @@ impl PolicyCmd {
                     .client()?
                     .read_policy(&c.name)
                     .map_err(|e| format!("failed to show policy \"{}\": {e}", c.name))?;
-                print_json(&v);
+                if c.json || !tty() {
+                    print_json(&v);
+                } else {
+                    print_patterns(&v);
+                    let text = |k: &str| v[k].as_str().unwrap_or("").to_owned();
+                    let (date, by) = (text("created_at"), text("created_by"));
+                    print_fields(&[("Created at", &date), ("Created by", &by)], false);
+                }
             }
         }
         Ok(())

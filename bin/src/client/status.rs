@@ -13,7 +13,7 @@ conn_fields! {
         #[argh(switch)]
         json: bool,
         /// print only whether the server is reachable
-        #[argh(switch)]
+        #[argh(switch, short = 's')]
         short: bool,
     }
 }

@@ -26,9 +26,9 @@ pub(super) fn expand_env(
 }
 
 /// One `key: value` or `- value` line of block YAML.
-struct Entry<'a> {
+pub(super) struct Entry<'a> {
     /// The entry's own key; `None` for a list item.
-    key: Option<&'a str>,
+    pub(super) key: Option<&'a str>,
     /// The key of the mapping or list the entry is in.
     parent: Option<String>,
     /// The value text, trimmed (a slice of the line).
@@ -38,13 +38,18 @@ struct Entry<'a> {
 /// The mapping keys above the current line, by indentation: just enough of
 /// the YAML structure to know which setting a value belongs to.
 #[derive(Default)]
-struct KeyPath {
+pub(super) struct KeyPath {
     keys: Vec<(usize, String)>,
 }
 
 impl KeyPath {
+    /// The keys from the document's root to the last entry read.
+    pub(super) fn path(&self) -> impl Iterator<Item = &str> {
+        self.keys.iter().map(|(_, k)| k.as_str())
+    }
+
     /// Reads the next line; `None` for lines that hold no value.
-    fn entry<'a>(&mut self, line: &'a str) -> Option<Entry<'a>> {
+    pub(super) fn entry<'a>(&mut self, line: &'a str) -> Option<Entry<'a>> {
         let indent = line.len() - line.trim_start_matches(' ').len();
         let mut body = line.trim_start_matches(' ');
         let mut item_indent = indent;

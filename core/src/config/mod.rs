@@ -7,12 +7,14 @@
 
 //!
 //! Modules by concern: [`schema`] (the file as written, both eras),
-//! [`env`] (`${VAR}` expansion), [`validate`] (one function per section),
-//! [`keystore`] (one module per key store section).
+//! [`env`] (`${VAR}` expansion), [`unknown`] (warnings for unknown keys),
+//! [`validate`] (one function per section), [`keystore`] (one module per
+//! key store section).
 
 mod env;
 mod keystore;
 mod schema;
+mod unknown;
 mod validate;
 
 use std::collections::BTreeMap;
@@ -234,7 +236,7 @@ impl std::error::Error for ConfigError {}
 impl Config {
     /// Parses and validates a config file. `env` resolves `${NAME}`.
     pub fn parse(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
-        let mut warnings = Vec::new();
+        let mut warnings = unknown::warnings(text);
         let expanded = expand_env(text, env, &mut warnings)?;
         let raw: Raw = if expanded.trim().is_empty() {
             Raw::default()

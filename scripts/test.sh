@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Installs what the tests need and runs every test: the README's test
+# command, and what .ci/run calls. Works on a stock Debian 12 (or Ubuntu)
+# machine with Rust installed (see README, "Install"): system packages come
+# from apt (with sudo when not root), the Python parser the metrics test
+# checks our exposition with goes into a private venv under target/ (stock
+# Debian refuses a system-wide pip install).
+# Extra arguments go to cargo test, e.g. scripts/test.sh -p kes-core.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+as_root=()
+if [ "$(id -u)" != 0 ]; then
+  command -v sudo >/dev/null || { echo "scripts/test.sh: need root or sudo to install test dependencies" >&2; exit 1; }
+  as_root=(sudo)
+fi
+
+need=()
+command -v curl >/dev/null || need+=(curl)                  # curl with client certificates
+command -v openssl >/dev/null || need+=(openssl)            # identities checked against openssl
+[ -x /usr/sbin/nginx ] || need+=(nginx-light)               # a real nginx as TLS proxy
+command -v go >/dev/null || need+=(golang-go)               # a real Go net/http client (MinIO's framing)
+command -v systemd-analyze >/dev/null || need+=(systemd)    # the example unit must verify
+python3 -c 'import ensurepip, venv' 2>/dev/null || need+=(python3-venv)
+if [ ${#need[@]} -gt 0 ]; then
+  echo "scripts/test.sh: installing ${need[*]}" >&2
+  "${as_root[@]}" apt-get update -qq
+  "${as_root[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+
+venv=target/test-venv
+if ! "$venv/bin/python3" -c 'import prometheus_client' 2>/dev/null; then
+  rm -rf "$venv"
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install -q --disable-pip-version-check prometheus-client
+fi
+export KES_TEST_PYTHON="$PWD/$venv/bin/python3"
+
+exec cargo test --workspace --locked "$@"
