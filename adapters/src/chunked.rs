@@ -25,7 +25,7 @@ pub const MAX_TRAILERS: usize = 8 * 1024;
 pub enum ChunkError {
     /// Broken framing (400, close).
     Malformed(&'static str),
-    /// The decoded body would exceed the route's limit (413, close).
+    /// A chunk size too large to represent (413, close; nothing to skip).
     TooLarge,
 }
 
@@ -49,6 +49,7 @@ pub struct ChunkedDecoder {
     state: State,
     decoded: u64,
     trailer_bytes: usize,
+    over_limit: bool,
 }
 
 impl Default for ChunkedDecoder {
@@ -60,7 +61,21 @@ impl Default for ChunkedDecoder {
 impl ChunkedDecoder {
     /// A decoder at the start of a body.
     pub fn new() -> Self {
-        Self { state: State::Size, decoded: 0, trailer_bytes: 0 }
+        Self { state: State::Size, decoded: 0, trailer_bytes: 0, over_limit: false }
+    }
+
+    /// Whether decoding stopped before a chunk that would take the body
+    /// past its limit (413). [`Self::skip`] can then read past the rest.
+    pub fn over_limit(&self) -> bool {
+        self.over_limit
+    }
+
+    /// Reads on through the body without keeping it and without a limit (to
+    /// drain a refused body up to its end, so the connection can close as
+    /// soon as the client has sent it). Returns the input bytes consumed.
+    pub fn skip(&mut self, input: &[u8]) -> Result<usize, ChunkError> {
+        self.over_limit = false;
+        self.run(input, None, u64::MAX)
     }
 
     /// Whether the final chunk and trailers have been read.
@@ -71,30 +86,44 @@ impl ChunkedDecoder {
     /// Decodes as much of `input` as possible, appending body bytes to `out`
     /// (never past `limit` bytes in all), and returns how many input bytes
     /// were consumed. Bytes after the end of the body (a pipelined request)
-    /// are left unconsumed. Call again with more input until [`is_done`].
+    /// are left unconsumed. Call again with more input until [`is_done`], or
+    /// until [`over_limit`] says the body is too large.
     ///
     /// [`is_done`]: Self::is_done
+    /// [`over_limit`]: Self::over_limit
     pub fn decode(
         &mut self,
         input: &[u8],
         out: &mut Vec<u8>,
         limit: usize,
     ) -> Result<usize, ChunkError> {
+        self.run(input, Some(out), limit as u64)
+    }
+
+    fn run(
+        &mut self,
+        input: &[u8],
+        mut out: Option<&mut Vec<u8>>,
+        limit: u64,
+    ) -> Result<usize, ChunkError> {
         let mut pos = 0;
         loop {
             let rest = &input[pos..];
             match self.state {
                 State::Done => return Ok(pos),
+                State::Size if self.over_limit => return Ok(pos),
                 State::Size => {
                     let Some(line) = line(rest, MAX_SIZE_LINE, "chunk size line too long")? else {
                         return Ok(pos);
                     };
-                    pos += line.len() + 2;
                     let size = parse_size_line(line)?;
                     let total = self.decoded.checked_add(size).ok_or(ChunkError::TooLarge)?;
-                    if total > limit as u64 {
-                        return Err(ChunkError::TooLarge);
+                    if total > limit {
+                        // Stop before the line, so that `skip` can go on.
+                        self.over_limit = true;
+                        return Ok(pos);
                     }
+                    pos += line.len() + 2;
                     self.state = if size == 0 { State::Trailers } else { State::Data(size) };
                 }
                 State::Data(left) => {
@@ -102,7 +131,9 @@ impl ChunkedDecoder {
                         return Ok(pos);
                     }
                     let n = rest.len().min(usize::try_from(left).unwrap_or(usize::MAX));
-                    append_secret(out, &rest[..n]);
+                    if let Some(out) = out.as_deref_mut() {
+                        append_secret(out, &rest[..n]);
+                    }
                     pos += n;
                     self.decoded += n as u64;
                     let left = left - n as u64;
@@ -234,6 +265,9 @@ mod tests {
             let n = d.decode(&buf, &mut out, limit)?;
             buf.drain(..n);
             consumed += n;
+            if d.over_limit() {
+                return Err(ChunkError::TooLarge);
+            }
             if d.is_done() {
                 break;
             }
@@ -264,9 +298,18 @@ mod tests {
         let ok = b"3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n";
         assert_eq!(feed(ok, 64, 5).unwrap().0, b"abcde");
         assert_eq!(feed(ok, 64, 4), Err(ChunkError::TooLarge));
-        // Refused when the size line arrives, before any of its data.
+        // Refused when the size line arrives, before any of its data; the
+        // rest can then be skipped to the end of the body.
         let mut d = ChunkedDecoder::new();
-        assert_eq!(d.decode(b"ffffffff\r\n", &mut Vec::new(), 1 << 20), Err(ChunkError::TooLarge));
+        let body = b"3\r\nabc\r\nffffff\r\n";
+        let mut out = Vec::new();
+        assert_eq!(d.decode(body, &mut out, 1 << 20), Ok(8));
+        assert!(d.over_limit() && out == b"abc");
+        let mut rest = body[8..].to_vec();
+        rest.extend(std::iter::repeat_n(b'x', 0xffffff));
+        rest.extend_from_slice(b"\r\n0\r\n\r\nGET");
+        assert_eq!(d.skip(&rest), Ok(rest.len() - 3));
+        assert!(d.is_done() && !d.over_limit());
         let mut d = ChunkedDecoder::new();
         let huge = b"ffffffffffffffffff\r\n";
         assert_eq!(d.decode(huge, &mut Vec::new(), usize::MAX), Err(ChunkError::TooLarge));

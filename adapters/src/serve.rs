@@ -401,12 +401,16 @@ async fn serve_one(
     };
     let timeout = limits.map(|l| l.timeout).filter(|t| !t.is_zero()).unwrap_or(BODY_TIMEOUT);
     let mut body = Vec::new();
+    let mut skipper = None;
     let too_large =
         match read_body(stream, inbox, head.body, max_body, Instant::now() + timeout, &mut body)
             .await
         {
             BodyRead::Complete => false,
-            BodyRead::TooLarge => true,
+            BodyRead::TooLarge(decoder) => {
+                skipper = decoder;
+                true
+            }
             BodyRead::Closed => return false,
             BodyRead::Malformed(m) => {
                 let resp = kes_core::Response::error(::http::StatusCode::BAD_REQUEST, m);
@@ -439,11 +443,11 @@ async fn serve_one(
     }
     let ok = write_response(stream, resp, close, &mut inbox.out).await.is_ok();
     if ok && too_large {
-        let declared = match head.body {
-            BodyFraming::Length(n) => n,
-            BodyFraming::Chunked => usize::MAX,
-        };
-        drain_body(stream, inbox, declared).await;
+        match (head.body, skipper) {
+            (BodyFraming::Chunked, Some(decoder)) => drain_chunked(stream, inbox, decoder).await,
+            (BodyFraming::Chunked, None) => {}
+            (BodyFraming::Length(n), _) => drain_body(stream, inbox, n).await,
+        }
     }
     ok && !close
 }
@@ -507,8 +511,9 @@ async fn stream_events(
 enum BodyRead {
     /// The whole body is in the buffer handed in.
     Complete,
-    /// Larger than the route allows (413, then close).
-    TooLarge,
+    /// Larger than the route allows (413, then close). A chunked body
+    /// comes with its decoder, to skip the rest of it.
+    TooLarge(Option<ChunkedDecoder>),
     /// Broken chunked framing (400, then close).
     Malformed(&'static str),
     /// The client went away or was too slow.
@@ -527,7 +532,7 @@ async fn read_body(
 ) -> BodyRead {
     match framing {
         BodyFraming::Length(0) => BodyRead::Complete,
-        BodyFraming::Length(n) if n > max_body => BodyRead::TooLarge,
+        BodyFraming::Length(n) if n > max_body => BodyRead::TooLarge(None),
         BodyFraming::Length(n) => {
             while inbox.data.len() < n {
                 match deadline(until, read_some(stream, inbox)).await {
@@ -544,8 +549,11 @@ async fn read_body(
             loop {
                 match decoder.decode(&inbox.data, body, max_body) {
                     Ok(used) => consume(inbox, used),
-                    Err(ChunkError::TooLarge) => return BodyRead::TooLarge,
+                    Err(ChunkError::TooLarge) => return BodyRead::TooLarge(None),
                     Err(ChunkError::Malformed(m)) => return BodyRead::Malformed(m),
+                }
+                if decoder.over_limit() {
+                    return BodyRead::TooLarge(Some(decoder));
                 }
                 if decoder.is_done() {
                     return BodyRead::Complete;
@@ -579,6 +587,30 @@ async fn drain_body(stream: &mut Stream, inbox: &mut Inbox, declared: usize) {
                 left = left.saturating_sub(n);
                 inbox.data.clear();
             }
+            _ => return,
+        }
+    }
+}
+
+/// Like [`drain_body`] for a chunked body: skips chunks up to the end of
+/// the body (then the connection closes at once), bounded in size and time.
+async fn drain_chunked(stream: &mut Stream, inbox: &mut Inbox, mut decoder: ChunkedDecoder) {
+    const MAX_DRAIN: usize = 8 << 20;
+    let until = Instant::now() + Duration::from_secs(2);
+    let mut drained = 0;
+    loop {
+        match decoder.skip(&inbox.data) {
+            Ok(used) => {
+                drained += used;
+                consume(inbox, used);
+            }
+            Err(_) => return,
+        }
+        if decoder.is_done() || drained > MAX_DRAIN {
+            return;
+        }
+        match deadline(until, read_some(stream, inbox)).await {
+            Some(Ok(n)) if n > 0 => {}
             _ => return,
         }
     }

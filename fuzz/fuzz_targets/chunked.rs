@@ -18,6 +18,12 @@ fuzz_target!(|data: &[u8]| {
     buf.extend_from_slice(&data[split..]);
     if let Ok(n) = d.decode(&buf, &mut out, limit) {
         assert!(n <= buf.len());
+        if d.over_limit() {
+            // A refused body is skipped to its end without keeping it.
+            if let Ok(m) = d.skip(&buf[n..]) {
+                assert!(m <= buf.len() - n);
+            }
+        }
     }
     assert!(out.len() <= limit);
 });

@@ -41,6 +41,7 @@ mod identity;
 mod key;
 mod log;
 mod ls;
+mod metric;
 mod migrate;
 pub mod output;
 mod policy;
@@ -50,9 +51,10 @@ pub use identity::IdentityCmd;
 pub use key::KeyCmd;
 pub use log::LogCmd;
 pub use ls::LsCmd;
+pub use metric::MetricCmd;
 pub use migrate::MigrateCmd;
 pub use policy::PolicyCmd;
-pub use status::{MetricCmd, StatusCmd};
+pub use status::StatusCmd;
 
 fn env_first(names: &[&str]) -> Option<String> {
     names.iter().find_map(|n| std::env::var(n).ok())

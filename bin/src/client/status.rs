@@ -1,4 +1,4 @@
-//! `kes status` and `kes metric`.
+//! `kes status`.
 
 use argh::FromArgs;
 
@@ -42,21 +42,6 @@ impl StatusCmd {
                 false,
             );
         }
-        Ok(())
-    }
-}
-
-conn_fields! {
-    /// Print the server's Prometheus metrics.
-    #[derive(FromArgs)]
-    #[argh(subcommand, name = "metric")]
-    pub struct MetricCmd {}
-}
-
-impl MetricCmd {
-    pub fn run(self) -> Result<(), String> {
-        let text = self.client()?.metrics().map_err(|e| format!("failed to fetch metrics: {e}"))?;
-        print!("{text}");
         Ok(())
     }
 }
