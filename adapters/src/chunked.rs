@@ -306,7 +306,7 @@ mod tests {
         assert_eq!(d.decode(body, &mut out, 1 << 20), Ok(8));
         assert!(d.over_limit() && out == b"abc");
         let mut rest = body[8..].to_vec();
-        rest.extend(std::iter::repeat_n(b'x', 0xffffff));
+        rest.extend(vec![b'x'; 0xffffff]);
         rest.extend_from_slice(b"\r\n0\r\n\r\nGET");
         assert_eq!(d.skip(&rest), Ok(rest.len() - 3));
         assert!(d.is_done() && !d.over_limit());

@@ -425,6 +425,10 @@ fn client_commands_against_a_real_server() {
     let status: serde_json::Value = serde_json::from_str(&ok(&["status", "--json"])).unwrap();
     assert!(status["keystore_latency"].as_u64().is_some());
     // `kes metric` streams until stopped; its piped form is tested with --dev.
+    // `kes ls` takes the server and an API key as flags (KES v0.24).
+    let (code, _, err) = kes_client(&[], &["ls", "-s", &env[0].1, "-a", "kes:v1:not-a-key"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("parsing API key"), "-a reaches the client: {err}");
     assert_eq!(ok(&["policy", "ls"]), "app\n");
     let show: serde_json::Value = serde_json::from_str(&ok(&["policy", "show", "app"])).unwrap();
     assert!(show["allow"].get("/v1/key/generate/app-*").is_some());

@@ -10,7 +10,11 @@ pub fn tty() -> bool {
 }
 
 pub fn bold(s: &str) -> String {
-    if tty() && std::env::var_os("NO_COLOR").is_none() {
+    paint(s, tty() && std::env::var_os("NO_COLOR").is_none())
+}
+
+fn paint(s: &str, colour: bool) -> String {
+    if colour {
         format!("\u{1b}[1m{s}\u{1b}[0m")
     } else {
         s.to_owned()
@@ -53,12 +57,22 @@ pub fn print_fields(fields: &[(&str, &str)], as_json: bool) {
         println!("{}", Value::Object(obj));
         return;
     }
-    let width = fields.iter().map(|(k, _)| k.len()).max().unwrap_or(0) + 2;
-    for (k, v) in fields {
-        // Pad outside the colour codes, so they do not count as width.
-        let label = format!("{k}:");
-        println!("{}{} {v}", bold(&label), " ".repeat(width - label.len()));
+    for line in field_lines(fields, tty() && std::env::var_os("NO_COLOR").is_none()) {
+        println!("{line}");
     }
+}
+
+/// `name:` labels in bold, values aligned. The padding goes outside the
+/// colour codes, so they never count as width (`Namemy-key` was the bug).
+fn field_lines(fields: &[(&str, &str)], colour: bool) -> Vec<String> {
+    let width = fields.iter().map(|(k, _)| k.len()).max().unwrap_or(0) + 2;
+    fields
+        .iter()
+        .map(|(k, v)| {
+            let label = format!("{k}:");
+            format!("{}{} {v}", paint(&label, colour), " ".repeat(width - label.len()))
+        })
+        .collect()
 }
 
 /// A policy's `allow` and `deny` patterns as bulleted sections (v0.24
@@ -76,5 +90,37 @@ pub fn print_patterns(v: &Value) {
                 println!("  · {p}");
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn visible(s: &str) -> String {
+        let mut out = String::new();
+        let mut chars = s.chars();
+        while let Some(c) = chars.next() {
+            if c == '\u{1b}' {
+                for c in chars.by_ref() {
+                    if c == 'm' {
+                        break;
+                    }
+                }
+            } else {
+                out.push(c);
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn colour_codes_do_not_count_as_width() {
+        let fields = [("Name", "my-key"), ("Memory (heap)", "657967 bytes")];
+        let plain = field_lines(&fields, false);
+        let coloured = field_lines(&fields, true);
+        assert_ne!(plain, coloured, "the labels are bold");
+        assert_eq!(coloured.iter().map(|l| visible(l)).collect::<Vec<_>>(), plain);
+        assert_eq!(plain, ["Name:           my-key", "Memory (heap):  657967 bytes"]);
     }
 }
