@@ -205,6 +205,18 @@ fn execute(
     tx: &Sender<Input>,
     rng: &mut FastRng,
 ) {
+    let cmd = match store.execute_async(cmd) {
+        Ok(call) => {
+            let tx = tx.clone();
+            smol::spawn(async move {
+                let result = call.await;
+                let _ = tx.send(Input::Store(id, result)).await;
+            })
+            .detach();
+            return;
+        }
+        Err(cmd) => cmd,
+    };
     if store.blocks() {
         let store = store.clone();
         let tx = tx.clone();

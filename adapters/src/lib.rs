@@ -12,6 +12,7 @@ pub mod clock;
 pub mod driver;
 pub mod heap;
 pub mod http;
+pub mod https;
 pub mod log;
 pub mod proxy;
 pub mod rng;

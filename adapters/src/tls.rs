@@ -119,7 +119,7 @@ pub fn load_key(path: &Path, password: Option<&str>) -> Result<PrivateKeyDer<'st
     PrivateKeyDer::from_pem_slice(text.as_bytes()).map_err(|e| format!("{}: {e}", path.display()))
 }
 
-fn load_roots(ca: Option<&Path>) -> Result<RootCertStore, String> {
+pub fn load_roots(ca: Option<&Path>) -> Result<RootCertStore, String> {
     let mut roots = RootCertStore::empty();
     let mut files = Vec::new();
     match ca {

@@ -5,10 +5,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use argh::FromArgs;
-use kes_adapters::store::{FsStore, KeyStore, MemStore};
+use kes_adapters::store::MemStore;
 use kes_adapters::tls::{self, ClientAuth};
 use kes_adapters::{start, ServerOptions};
-use kes_core::config::{AdminSetting, KeystoreConfig};
+use kes_core::config::AdminSetting;
 use kes_core::Config;
 
 /// Start a KES server.
@@ -51,18 +51,11 @@ pub fn run(cmd: ServerCmd) -> Result<(), String> {
     for w in &loaded.config.warnings {
         eprintln!("kes: warning: {w}");
     }
-    let (store, store_label): (Arc<dyn KeyStore>, String) = match &loaded.config.keystore {
-        KeystoreConfig::Memory => {
-            (Arc::new(MemStore::default()), "in-memory (keys are lost on exit)".into())
-        }
-        KeystoreConfig::Fs { path } => {
-            let s = FsStore::open(path).map_err(|e| format!("keystore.fs.path '{path}': {e}"))?;
-            for line in s.remove_stale_temp_files() {
-                eprintln!("kes: {line}");
-            }
-            (Arc::new(s), format!("filesystem {path}"))
-        }
-    };
+    let opened = kes_adapters::store::open(&loaded.config.keystore)?;
+    let (store, store_label) = (opened.store, opened.label);
+    for line in opened.notes {
+        eprintln!("kes: {line}");
+    }
     let admin = admin_label(&loaded.config);
     let keystore = loaded.config.keystore.clone();
     let auth = ClientAuth {

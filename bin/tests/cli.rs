@@ -163,11 +163,10 @@ fn config_errors_name_file_and_line() {
     assert_eq!(code, Some(1));
     assert!(err.contains("config.yml: line 5:"), "{err}");
 
-    let vault =
-        "admin:\n  identity: disabled\nkeystore:\n  vault:\n    endpoint: https://127.0.0.1:8200\n";
-    let (code, err) = serve("vault.yml", vault);
+    let aws = "admin:\n  identity: disabled\nkeystore:\n  aws:\n    secretsmanager:\n      endpoint: https://127.0.0.1:8200\n";
+    let (code, err) = serve("aws.yml", aws);
     assert_eq!(code, Some(1));
-    assert!(err.contains("keystore 'vault' is not supported yet"), "{err}");
+    assert!(err.contains("keystore 'aws' is not supported yet"), "{err}");
 
     let out = Command::new(env!("CARGO_BIN_EXE_kes"))
         .args(["server", "--auth", "maybe", "--root", "x"])

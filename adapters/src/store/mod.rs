@@ -2,11 +2,19 @@
 
 mod fs;
 mod mem;
+pub mod vault;
 
 pub use fs::FsStore;
 pub use mem::MemStore;
+pub use vault::VaultStore;
+
+use std::future::Future;
+use std::pin::Pin;
 
 use kes_core::{Command, StoreError, StoreReply};
+
+/// A command in flight to a remote store.
+pub type StoreFuture = Pin<Box<dyn Future<Output = Result<StoreReply, StoreError>> + Send>>;
 
 /// A key store. `execute` may block (the fs store does); the driver runs
 /// blocking stores on smol's blocking pool.
@@ -16,4 +24,56 @@ pub trait KeyStore: Send + Sync + 'static {
 
     /// Whether `execute` blocks on IO (then it runs off the driver task).
     fn blocks(&self) -> bool;
+
+    /// Remote stores hand out a command as a future, run as its own task:
+    /// many in flight at once, none holding a thread. The default gives the
+    /// command back, to be run by `execute`.
+    fn execute_async(&self, cmd: Command) -> Result<StoreFuture, Command> {
+        Err(cmd)
+    }
+}
+
+/// A store opened from its config section.
+pub struct Opened {
+    /// The store, ready to serve.
+    pub store: std::sync::Arc<dyn KeyStore>,
+    /// What the banner says it is.
+    pub label: String,
+    /// Things worth a line on stderr (cleaned-up files, warnings).
+    pub notes: Vec<String>,
+}
+
+/// The store a config selects. The fs store's crash leftovers are cleaned
+/// up first (reported in the notes); a Vault store logs in, and a failed
+/// login is an error.
+pub fn open(config: &kes_core::config::KeystoreConfig) -> Result<Opened, String> {
+    use kes_core::config::KeystoreConfig;
+    use std::sync::Arc;
+    match config {
+        KeystoreConfig::Memory => {
+            let label = "in-memory (keys are lost on exit)".into();
+            Ok(Opened { store: Arc::new(MemStore::default()), label, notes: vec![] })
+        }
+        KeystoreConfig::Fs { path } => {
+            let s = FsStore::open(path).map_err(|e| format!("keystore.fs.path '{path}': {e}"))?;
+            let notes = s.remove_stale_temp_files();
+            Ok(Opened { store: Arc::new(s), label: format!("filesystem {path}"), notes })
+        }
+        KeystoreConfig::Vault(v) => {
+            let s = VaultStore::connect(v)?;
+            let mut notes = Vec::new();
+            if s.is_plaintext() {
+                notes.push(format!(
+                    "warning: keystore.vault.endpoint '{}' is plain HTTP: the token and every key cross the network unencrypted",
+                    v.endpoint
+                ));
+            }
+            let kv = match v.kv {
+                kes_core::config::KvVersion::V1 => "v1",
+                kes_core::config::KvVersion::V2 => "v2",
+            };
+            let label = format!("vault {} (K/V {kv} at '{}')", v.endpoint, v.engine);
+            Ok(Opened { store: Arc::new(s), label, notes })
+        }
+    }
 }

@@ -10,10 +10,10 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use kes_adapters::store::{FsStore, KeyStore, MemStore};
+use kes_adapters::store::KeyStore;
 use kes_adapters::tls::{self, ClientAuth};
 use kes_adapters::{start, RunningServer, ServerOptions};
-use kes_core::config::{AdminSetting, KeystoreConfig};
+use kes_core::config::AdminSetting;
 use kes_core::{Config, Identity};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
@@ -150,10 +150,7 @@ impl Pki {
 
     /// Starts a server with `config` (admin is set by the caller).
     pub fn start(&self, config: Config) -> RunningServer {
-        let store: Arc<dyn KeyStore> = match &config.keystore {
-            KeystoreConfig::Memory => Arc::new(MemStore::default()),
-            KeystoreConfig::Fs { path } => Arc::new(FsStore::open(path).unwrap()),
-        };
+        let store: Arc<dyn KeyStore> = kes_adapters::store::open(&config.keystore).unwrap().store;
         let auth = ClientAuth {
             verify: config.tls.auth.unwrap_or(false),
             required: !config.any_skip_auth(),

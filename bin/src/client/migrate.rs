@@ -30,7 +30,7 @@ pub struct MigrateCmd {
 
 impl MigrateCmd {
     pub fn run(self) -> Result<(), String> {
-        use kes_adapters::store::{FsStore, KeyStore};
+        use kes_adapters::store::KeyStore;
         use kes_core::config::KeystoreConfig;
         use kes_core::{Command, StoreError, StoreReply};
         if self.force && self.merge {
@@ -41,18 +41,19 @@ impl MigrateCmd {
             .ok_or("no migration source specified. Use '--from' to specify a config file")?;
         let to =
             self.to.ok_or("no migration target specified. Use '--to' to specify a config file")?;
-        let store = |file: &str| -> Result<FsStore, String> {
+        let store = |file: &str| -> Result<std::sync::Arc<dyn KeyStore>, String> {
             let text =
                 std::fs::read_to_string(file).map_err(|e| format!("cannot read '{file}': {e}"))?;
             let config = kes_core::Config::parse(&text, &|n| std::env::var(n).ok())
                 .map_err(|e| format!("{file}: {e}"))?;
-            match config.keystore {
-                KeystoreConfig::Fs { path } => FsStore::open(&path)
-                    .map_err(|e| format!("{file}: keystore.fs.path '{path}': {e}")),
-                KeystoreConfig::Memory => {
-                    Err(format!("{file}: no persistent key store configured (nothing to migrate)"))
-                }
+            if config.keystore == KeystoreConfig::Memory {
+                return Err(format!(
+                    "{file}: no persistent key store configured (nothing to migrate)"
+                ));
             }
+            kes_adapters::store::open(&config.keystore)
+                .map(|o| o.store)
+                .map_err(|e| format!("{file}: {e}"))
         };
         let (src, dst) = (store(&from)?, store(&to)?);
         let names =

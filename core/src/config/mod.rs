@@ -182,6 +182,95 @@ pub enum KeystoreConfig {
         /// The directory.
         path: String,
     },
+    /// HashiCorp Vault (or OpenBao) K/V engine.
+    Vault(Box<VaultConfig>),
+}
+
+/// `keystore.vault` (config.md §4.2, keystore.md §4).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VaultConfig {
+    /// `https://host:port` (or `http://`, warned about).
+    pub endpoint: String,
+    /// K/V mount path (default `kv`).
+    pub engine: String,
+    /// K/V API version.
+    pub kv: KvVersion,
+    /// Namespace sent as `X-Vault-Namespace` on data calls.
+    pub namespace: String,
+    /// Path prefix inside the engine.
+    pub prefix: String,
+    /// How kes logs in.
+    pub auth: VaultAuth,
+    /// Client certificate and key for mTLS to Vault, if any.
+    pub tls_cert: Option<(String, String)>,
+    /// CA file or directory to verify Vault (default: system roots).
+    pub tls_ca: Option<String>,
+    /// How often Vault's seal status is polled.
+    pub ping: Duration,
+}
+
+/// The K/V secrets engine API version.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KvVersion {
+    /// v1: one value per path, no versions; create is read-then-write.
+    V1,
+    /// v2: versioned; create is atomic with `cas: 0`.
+    V2,
+}
+
+/// How kes authenticates to Vault.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum VaultAuth {
+    /// AppRole login with a role and secret id.
+    AppRole {
+        /// Auth mount (default `approle`).
+        engine: String,
+        /// role_id.
+        id: String,
+        /// secret_id.
+        secret: Secret,
+        /// Namespace of the login call (`/` or empty: root).
+        namespace: String,
+    },
+    /// Kubernetes service-account login.
+    Kubernetes {
+        /// Auth mount (default `kubernetes`).
+        engine: String,
+        /// The Vault role.
+        role: String,
+        /// The JWT itself, or a file holding it (re-read at each login).
+        jwt: Secret,
+        /// Namespace of the login call.
+        namespace: String,
+    },
+}
+
+/// A credential from the config: never printed, wiped when dropped.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps a credential.
+    pub fn new(s: String) -> Self {
+        Self(s)
+    }
+
+    /// The credential, for the one request that sends it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(<redacted>)")
+    }
+}
+
+impl Drop for Secret {
+    fn drop(&mut self) {
+        zeroize::Zeroize::zeroize(&mut self.0);
+    }
 }
 
 /// Where the two eras' responses conflict, which one to give.

@@ -3,6 +3,7 @@
 //! line in [`SECTIONS`]. Exactly one section may be filled in.
 
 mod fs;
+mod vault;
 
 use super::schema::scalar_text;
 use super::{ConfigError, KeystoreConfig};
@@ -20,7 +21,7 @@ enum Section {
 /// Every keystore section KES knows, by name.
 const SECTIONS: &[(&str, Section)] = &[
     ("fs", Section::Read(fs::read)),
-    ("vault", Section::NotYet(&["vault", "endpoint"])),
+    ("vault", Section::Read(vault::read)),
     ("fortanix", Section::NotYet(&["fortanix", "sdkms", "endpoint"])),
     ("aws", Section::NotYet(&["aws", "secretsmanager", "endpoint"])),
     ("gcp", Section::NotYet(&["gcp", "secretmanager", "project_id"])),

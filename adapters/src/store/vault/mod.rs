@@ -1,0 +1,345 @@
+//! HashiCorp Vault (or OpenBao) K/V as the key store (keystore.md §4).
+//!
+//! Values are stored byte-compatibly with KES, so a Vault that KES filled
+//! works with us and the reverse. KV v2 creates are atomic (`cas: 0`); KV v1
+//! has none, so a create reads first and then writes, as KES does: two
+//! servers creating the same name at the same instant can both succeed and
+//! the later write wins (use KV v2 when that matters).
+//!
+//! The token is renewed at 80 % of its TTL, and replaced by a fresh login
+//! when it cannot be renewed or Vault answers 403. Vault's seal status is
+//! polled every `status.ping`; while sealed, key calls fail at once.
+//! Transient failures (5xx, standby redirects, lost connections) of
+//! idempotent calls are retried with backoff.
+
+pub mod proto;
+mod token;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, RwLock, Weak};
+use std::time::{Duration, Instant};
+
+use async_io::Timer;
+use kes_core::config::{KvVersion, VaultAuth, VaultConfig};
+use kes_core::crypto::SecretBytes;
+use kes_core::{Command, StoreError, StoreReply};
+use zeroize::Zeroizing;
+
+use super::{KeyStore, StoreFuture};
+use crate::https::{HttpError, HttpRequest, HttpResponse, HttpsClient};
+use proto::Paths;
+use token::{Action, TokenLife};
+
+/// Deadline of one HTTP request to Vault.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// Attempts of an idempotent call before giving up.
+const ATTEMPTS: u32 = 4;
+/// First pause between attempts; doubles each time.
+const BACKOFF: Duration = Duration::from_millis(100);
+/// How often the background task looks at the token and the seal status.
+const TICK: Duration = Duration::from_secs(1);
+
+/// A Vault key store; cheap to clone.
+#[derive(Clone)]
+pub struct VaultStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    http: Arc<HttpsClient>,
+    config: VaultConfig,
+    paths: Paths,
+    token: RwLock<Zeroizing<String>>,
+    life: Mutex<TokenLife>,
+    sealed: AtomicBool,
+    /// One login at a time; others wait for it and use its token.
+    login: smol::lock::Mutex<()>,
+}
+
+impl VaultStore {
+    /// Connects and logs in; a failed login stops start-up with the reason.
+    /// Starts the task that renews the token and polls the seal status.
+    pub fn connect(config: &VaultConfig) -> Result<Self, String> {
+        let ca = config.tls_ca.as_deref().map(std::path::Path::new);
+        let cert = config
+            .tls_cert
+            .as_ref()
+            .map(|(c, k)| (std::path::Path::new(c.as_str()), std::path::Path::new(k.as_str())));
+        let http = HttpsClient::new(&config.endpoint, ca, cert)
+            .map_err(|e| format!("keystore.vault: {e}"))?;
+        let inner = Arc::new(Inner {
+            http,
+            paths: Paths::new(config),
+            config: config.clone(),
+            token: RwLock::new(Zeroizing::new(String::new())),
+            life: Mutex::new(TokenLife::obtained(Instant::now(), Duration::ZERO, false)),
+            sealed: AtomicBool::new(false),
+            login: smol::lock::Mutex::new(()),
+        });
+        smol::block_on(inner.login())
+            .map_err(|e| format!("vault: cannot log in to {}: {e}", config.endpoint))?;
+        let _ = smol::block_on(inner.ping());
+        smol::spawn(background(Arc::downgrade(&inner))).detach();
+        Ok(Self { inner })
+    }
+
+    /// Whether the endpoint is plain HTTP (worth a start-up warning).
+    pub fn is_plaintext(&self) -> bool {
+        self.inner.http.is_plaintext()
+    }
+}
+
+impl KeyStore for VaultStore {
+    fn execute(&self, cmd: Command) -> Result<StoreReply, StoreError> {
+        smol::block_on(self.inner.call(cmd))
+    }
+
+    fn blocks(&self) -> bool {
+        true
+    }
+
+    fn execute_async(&self, cmd: Command) -> Result<StoreFuture, Command> {
+        let inner = self.inner.clone();
+        Ok(Box::pin(async move { inner.call(cmd).await }))
+    }
+}
+
+/// Renews or replaces the token when due and polls the seal status, until
+/// the store is dropped.
+async fn background(store: Weak<Inner>) {
+    let mut next_ping = Instant::now();
+    loop {
+        Timer::after(TICK).await;
+        let Some(inner) = store.upgrade() else { return };
+        let now = Instant::now();
+        let action = inner.life.lock().unwrap_or_else(|p| p.into_inner()).action(now);
+        match action {
+            Action::Renew => inner.renew().await,
+            Action::Login => {
+                let _ = inner.login().await;
+            }
+            Action::Wait(_) => {}
+        }
+        if now >= next_ping {
+            let _ = inner.ping().await;
+            next_ping = now + inner.config.ping;
+        }
+    }
+}
+
+fn unreachable(e: HttpError) -> StoreError {
+    StoreError::Unreachable(format!("vault: {e}"))
+}
+
+impl Inner {
+    async fn call(&self, cmd: Command) -> Result<StoreReply, StoreError> {
+        if let Command::Status = cmd {
+            return self.status().await;
+        }
+        if self.sealed.load(Ordering::Relaxed) {
+            return Err(StoreError::Unreachable("vault: key store is sealed".into()));
+        }
+        let kv = self.paths.kv();
+        match cmd {
+            Command::Create { name, value } => self.create(name.as_str(), &value).await,
+            Command::Get { name } => {
+                let r = self
+                    .send(|| HttpRequest::new("GET", self.paths.read(name.as_str())), true)
+                    .await?;
+                proto::get_result(kv, name.as_str(), &r)
+            }
+            Command::Delete { name } => {
+                let path = self.paths.delete(name.as_str());
+                let r = self.send(|| HttpRequest::new("DELETE", path.clone()), true).await?;
+                proto::delete_result(&r)
+            }
+            Command::List => {
+                let r = self.send(|| HttpRequest::new("GET", self.paths.list()), true).await?;
+                proto::list_result(&r)
+            }
+            Command::Status => unreachable!("answered above"),
+        }
+    }
+
+    /// Create-if-absent. After a lost connection the request may have
+    /// reached Vault: the retry then meets "exists", and reading the value
+    /// back tells whether it is ours (then the create did succeed).
+    async fn create(&self, name: &str, value: &SecretBytes) -> Result<StoreReply, StoreError> {
+        let kv = self.paths.kv();
+        if kv == KvVersion::V1 {
+            match self.get(name).await {
+                Ok(_) => return Err(StoreError::Exists),
+                Err(StoreError::NotFound) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        let body = Zeroizing::new(proto::create_body(kv, name, value)?);
+        let put = || HttpRequest::new("PUT", self.paths.data(name)).json(body.to_vec());
+        match self.send(put, false).await {
+            Ok(r) => proto::create_result(&r),
+            Err(first) => match self.get(name).await {
+                Ok(StoreReply::Value(stored)) if stored == *value => Ok(StoreReply::Created),
+                Ok(_) => Err(StoreError::Exists),
+                Err(StoreError::NotFound) => {
+                    let r = self.send(put, false).await.map_err(|_| first)?;
+                    proto::create_result(&r)
+                }
+                Err(_) => Err(first),
+            },
+        }
+    }
+
+    async fn get(&self, name: &str) -> Result<StoreReply, StoreError> {
+        let r = self.send(|| HttpRequest::new("GET", self.paths.read(name)), true).await?;
+        proto::get_result(self.paths.kv(), name, &r)
+    }
+
+    /// A data call with the token and namespace. A 403 (an expired token)
+    /// gets one fresh login and one more try; transient failures of
+    /// idempotent calls, and failures to connect at all, are retried with
+    /// backoff.
+    async fn send(
+        &self,
+        make: impl Fn() -> HttpRequest,
+        idempotent: bool,
+    ) -> Result<HttpResponse, StoreError> {
+        let mut relogged = false;
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let last = attempt >= ATTEMPTS;
+            let req = self.with_token(make());
+            match self.http.send(&req, REQUEST_TIMEOUT).await {
+                Ok(r) if r.status == 403 && !relogged => {
+                    relogged = true;
+                    self.life.lock().unwrap_or_else(|p| p.into_inner()).rejected(Instant::now());
+                    self.login().await?;
+                    attempt -= 1;
+                }
+                Ok(r) if r.status == 503 && proto::errors(&r.body).contains("sealed") => {
+                    self.sealed.store(true, Ordering::Relaxed);
+                    return Ok(r);
+                }
+                Ok(r) if idempotent && !last && proto::transient(&r) => {}
+                Ok(r) => return Ok(r),
+                // Nothing was sent: safe to try again, whatever the call.
+                Err(e @ HttpError::Connect(_)) if last => return Err(unreachable(e)),
+                Err(HttpError::Connect(_)) => {}
+                Err(e) if idempotent && !last => {
+                    let _ = e;
+                }
+                Err(e) => return Err(unreachable(e)),
+            }
+            Timer::after(BACKOFF * 2u32.pow(attempt.saturating_sub(1))).await;
+        }
+    }
+
+    fn with_token(&self, mut req: HttpRequest) -> HttpRequest {
+        let token = self.token.read().unwrap_or_else(|p| p.into_inner());
+        req = req.header("X-Vault-Token", &token);
+        if !self.config.namespace.is_empty() {
+            req = req.header("X-Vault-Namespace", &self.config.namespace);
+        }
+        req
+    }
+
+    /// Logs in (once, however many callers ask at the same time).
+    async fn login(&self) -> Result<(), StoreError> {
+        let before = self.token.read().unwrap_or_else(|p| p.into_inner()).clone();
+        let _guard = self.login.lock().await;
+        {
+            let now = self.token.read().unwrap_or_else(|p| p.into_inner());
+            let life = *self.life.lock().unwrap_or_else(|p| p.into_inner());
+            if **now != *before && !now.is_empty() && !life.expired(Instant::now()) {
+                return Ok(()); // someone else logged in meanwhile
+            }
+        }
+        let jwt = self.kubernetes_jwt()?;
+        let req = proto::login_request(
+            &self.config.auth,
+            &self.config.namespace,
+            jwt.as_deref().map(|s| s.as_str()),
+        );
+        let result = match self.http.send(&req, REQUEST_TIMEOUT).await {
+            Ok(r) => proto::token_result(&r),
+            Err(e) => Err(unreachable(e)),
+        };
+        let now = Instant::now();
+        match result {
+            Ok(t) => {
+                *self.token.write().unwrap_or_else(|p| p.into_inner()) = t.token;
+                *self.life.lock().unwrap_or_else(|p| p.into_inner()) =
+                    TokenLife::obtained(now, t.ttl, t.renewable);
+                Ok(())
+            }
+            Err(e) => {
+                self.life.lock().unwrap_or_else(|p| p.into_inner()).login_failed(now);
+                Err(e)
+            }
+        }
+    }
+
+    /// A Kubernetes JWT configured as a path is read at every login.
+    fn kubernetes_jwt(&self) -> Result<Option<Zeroizing<String>>, StoreError> {
+        match &self.config.auth {
+            VaultAuth::Kubernetes { jwt, .. } if jwt.expose().contains('/') => {
+                let text = std::fs::read_to_string(jwt.expose()).map_err(|e| {
+                    StoreError::Failed(format!(
+                        "vault: Kubernetes JWT file '{}': {e}",
+                        jwt.expose()
+                    ))
+                })?;
+                Ok(Some(Zeroizing::new(text.trim().to_owned())))
+            }
+            _ => Ok(None),
+        }
+    }
+
+    /// renew-self; a failure or a non-renewable answer means a fresh login.
+    async fn renew(&self) {
+        let req = self.with_token(
+            HttpRequest::new("PUT", "/v1/auth/token/renew-self".into())
+                .json(br#"{"increment":0}"#.to_vec()),
+        );
+        let now = Instant::now();
+        match self.http.send(&req, REQUEST_TIMEOUT).await.map(|r| proto::token_result(&r)) {
+            Ok(Ok(t)) => {
+                *self.token.write().unwrap_or_else(|p| p.into_inner()) = t.token;
+                self.life.lock().unwrap_or_else(|p| p.into_inner()).renewed(
+                    now,
+                    t.ttl,
+                    t.renewable,
+                );
+            }
+            _ => {
+                self.life.lock().unwrap_or_else(|p| p.into_inner()).rejected(now);
+                let _ = self.login().await;
+            }
+        }
+    }
+
+    /// Polls health (never with the namespace header: Vault refuses it
+    /// there) and records whether Vault is sealed.
+    async fn ping(&self) -> Result<proto::Health, StoreError> {
+        let r = self
+            .http
+            .send(&HttpRequest::new("GET", proto::HEALTH.into()), REQUEST_TIMEOUT)
+            .await
+            .map_err(unreachable)?;
+        let health = proto::health_result(&r)?;
+        self.sealed.store(!health.serving(), Ordering::Relaxed);
+        Ok(health)
+    }
+
+    async fn status(&self) -> Result<StoreReply, StoreError> {
+        let start = Instant::now();
+        let health = self.ping().await?;
+        if !health.initialized {
+            return Err(StoreError::Unreachable("vault: not initialized".into()));
+        }
+        if health.sealed {
+            return Err(StoreError::Unreachable("vault: key store is sealed".into()));
+        }
+        Ok(StoreReply::Status { latency: start.elapsed() })
+    }
+}

