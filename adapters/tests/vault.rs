@@ -21,6 +21,7 @@ use serde_json::{json, Value};
 /// An OpenBao dev server (TLS, root token `root`), stopped on drop.
 struct Bao {
     child: Child,
+    dir: PathBuf,
     url: String,
     ca: PathBuf,
     unseal_key: String,
@@ -43,7 +44,19 @@ fn bao_binary() -> PathBuf {
 }
 
 impl Bao {
+    /// Starts on a free port; OpenBao also binds port+1 (cluster), which a
+    /// parallel test may have taken, so a server that exits is started
+    /// again on another port.
     fn start() -> Self {
+        for _ in 0..5 {
+            if let Some(bao) = Self::try_start() {
+                return bao;
+            }
+        }
+        panic!("OpenBao dev server did not start");
+    }
+
+    fn try_start() -> Option<Self> {
         let dir = tempdir("bao");
         let port = free_port();
         let mut child = Command::new(bao_binary())
@@ -68,17 +81,24 @@ impl Bao {
                 break;
             }
         }
-        assert!(!unseal_key.is_empty(), "OpenBao dev server did not start");
+        if unseal_key.is_empty() {
+            let _ = child.kill();
+            let _ = child.wait();
+            let _ = std::fs::remove_dir_all(&dir);
+            return None;
+        }
         let url = format!("https://127.0.0.1:{port}");
         let ca = dir.join("vault-ca.pem");
         let admin = HttpsClient::new(&url, Some(&ca), None).unwrap();
-        let bao = Self { child, url, ca, unseal_key, admin };
+        let bao = Self { child, dir, url, ca, unseal_key, admin };
         let started = Instant::now();
         while bao.call("GET", "/v1/sys/health", None).0 != 200 {
-            assert!(started.elapsed() < Duration::from_secs(20), "OpenBao not healthy");
+            if started.elapsed() > Duration::from_secs(20) {
+                return None;
+            }
             std::thread::sleep(Duration::from_millis(50));
         }
-        bao
+        Some(bao)
     }
 
     /// A root-token call; returns status and JSON body.
@@ -157,6 +177,7 @@ impl Drop for Bao {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 

@@ -490,8 +490,11 @@ compat:
         let e = Config::parse("admin:\n  identity: ${NOPE}\n", &env).unwrap_err();
         assert_eq!(e.line, Some(2));
         assert!(e.message.contains("NOPE"));
-        let e =
-            Config::parse("keystore:\n  vault:\n    endpoint: https://v:8200\n", &env).unwrap_err();
+        let e = Config::parse(
+            "keystore:\n  aws:\n    secretsmanager:\n      endpoint: https://v:8200\n",
+            &env,
+        )
+        .unwrap_err();
         assert!(e.message.contains("not supported yet"), "{e}");
         let e = Config::parse("tls: [1, 2\n", &env).unwrap_err();
         assert!(e.line.is_some());
