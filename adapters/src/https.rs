@@ -55,8 +55,13 @@ impl HttpRequest {
         self
     }
 
-    /// Sets a JSON body.
-    pub fn json(mut self, body: Vec<u8>) -> Self {
+    /// Sets a JSON body (`Content-Type: application/json`).
+    pub fn json(self, body: Vec<u8>) -> Self {
+        self.header("Content-Type", "application/json").body(body)
+    }
+
+    /// Sets a body; the caller names its type in a header.
+    pub fn body(mut self, body: Vec<u8>) -> Self {
         self.body = Some(Zeroizing::new(body));
         self
     }
@@ -170,6 +175,17 @@ impl HttpsClient {
         Ok(Arc::new(Self { endpoint, connector, idle: Mutex::new(Vec::new()) }))
     }
 
+    /// The `Host` header sent: the host, and the port unless it is the
+    /// scheme's default (request signatures cover it, so it is exact).
+    pub fn host_header(&self) -> String {
+        let e = &self.endpoint;
+        let host = if e.host.contains(':') { format!("[{}]", e.host) } else { e.host.clone() };
+        match (e.tls, e.port) {
+            (true, 443) | (false, 80) => host,
+            (_, port) => format!("{host}:{port}"),
+        }
+    }
+
     /// Whether the endpoint is plain HTTP (tokens and keys in the clear).
     pub fn is_plaintext(&self) -> bool {
         !self.endpoint.tls
@@ -262,7 +278,7 @@ impl HttpsClient {
     ) -> Result<(HttpResponse, bool), Outcome> {
         let mut out = Zeroizing::new(Vec::with_capacity(512));
         out.extend_from_slice(
-            format!("{} {} HTTP/1.1\r\nHost: {}\r\n", req.method, req.path, self.endpoint.host)
+            format!("{} {} HTTP/1.1\r\nHost: {}\r\n", req.method, req.path, self.host_header())
                 .as_bytes(),
         );
         for (k, v) in &req.headers {
@@ -272,9 +288,6 @@ impl HttpsClient {
             out.extend_from_slice(b"\r\n");
         }
         let body: &[u8] = req.body.as_deref().map_or(&[], |b| b.as_slice());
-        if req.body.is_some() {
-            out.extend_from_slice(b"Content-Type: application/json\r\n");
-        }
         out.extend_from_slice(format!("Content-Length: {}\r\n\r\n", body.len()).as_bytes());
         out.extend_from_slice(body);
         conn.write_all(&out).await.map_err(|_| Stale)?;

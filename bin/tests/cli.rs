@@ -163,10 +163,10 @@ fn config_errors_name_file_and_line() {
     assert_eq!(code, Some(1));
     assert!(err.contains("config.yml: line 5:"), "{err}");
 
-    let aws = "admin:\n  identity: disabled\nkeystore:\n  aws:\n    secretsmanager:\n      endpoint: https://127.0.0.1:8200\n";
-    let (code, err) = serve("aws.yml", aws);
+    let gcp = "admin:\n  identity: disabled\nkeystore:\n  gcp:\n    secretmanager:\n      project_id: p\n";
+    let (code, err) = serve("gcp.yml", gcp);
     assert_eq!(code, Some(1));
-    assert!(err.contains("keystore 'aws' is not supported yet"), "{err}");
+    assert!(err.contains("keystore 'gcp' is not supported yet"), "{err}");
 
     let out = Command::new(env!("CARGO_BIN_EXE_kes"))
         .args(["server", "--auth", "maybe", "--root", "x"])

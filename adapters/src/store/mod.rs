@@ -1,9 +1,11 @@
 //! Key stores: each executes the core's [`Command`]s.
 
+pub mod aws;
 mod fs;
 mod mem;
 pub mod vault;
 
+pub use aws::AwsStore;
 pub use fs::FsStore;
 pub use mem::MemStore;
 pub use vault::VaultStore;
@@ -73,6 +75,18 @@ pub fn open(config: &kes_core::config::KeystoreConfig) -> Result<Opened, String>
                 kes_core::config::KvVersion::V2 => "v2",
             };
             let label = format!("vault {} (K/V {kv} at '{}')", v.endpoint, v.engine);
+            Ok(Opened { store: Arc::new(s), label, notes })
+        }
+        KeystoreConfig::Aws(a) => {
+            let s = AwsStore::connect(a, &|name| std::env::var(name).ok())?;
+            let mut notes = Vec::new();
+            if s.is_plaintext() {
+                notes.push(format!(
+                    "warning: keystore.aws.secretsmanager.endpoint '{}' is plain HTTP: keys cross the network unencrypted",
+                    a.endpoint
+                ));
+            }
+            let label = format!("AWS Secrets Manager {} ({})", a.endpoint, a.region);
             Ok(Opened { store: Arc::new(s), label, notes })
         }
     }

@@ -2,6 +2,7 @@
 //! section is read by its own module; adding a store is one module and one
 //! line in [`SECTIONS`]. Exactly one section may be filled in.
 
+mod aws;
 mod fs;
 mod vault;
 
@@ -23,7 +24,7 @@ const SECTIONS: &[(&str, Section)] = &[
     ("fs", Section::Read(fs::read)),
     ("vault", Section::Read(vault::read)),
     ("fortanix", Section::NotYet(&["fortanix", "sdkms", "endpoint"])),
-    ("aws", Section::NotYet(&["aws", "secretsmanager", "endpoint"])),
+    ("aws", Section::Read(aws::read)),
     ("gcp", Section::NotYet(&["gcp", "secretmanager", "project_id"])),
     ("azure", Section::NotYet(&["azure", "keyvault", "endpoint"])),
     ("gemalto", Section::NotYet(&["gemalto", "keysecure", "endpoint"])),
