@@ -125,12 +125,16 @@ impl Bao {
         self.ok("POST", "/v1/sys/mounts/kv", json!({"type": "kv", "options": {"version": "1"}}));
         self.ok("POST", "/v1/sys/mounts/kv2", json!({"type": "kv", "options": {"version": "2"}}));
         self.ok("POST", "/v1/sys/auth/approle", json!({"type": "approle"}));
+        self.ok("POST", "/v1/sys/mounts/transit", json!({"type": "transit"}));
+        self.ok("POST", "/v1/transit/keys/kes-wrap", json!({}));
         let policy = r#"
 path "kv/kes/*" { capabilities = ["create", "read", "update", "delete", "list"] }
 path "kv/kes" { capabilities = ["list"] }
 path "kv2/data/kes/*" { capabilities = ["create", "read", "update"] }
 path "kv2/metadata/kes/*" { capabilities = ["list", "delete"] }
 path "kv2/metadata/kes" { capabilities = ["list"] }
+path "transit/encrypt/kes-wrap" { capabilities = ["update"] }
+path "transit/decrypt/kes-wrap" { capabilities = ["update"] }
 "#;
         self.ok("PUT", "/v1/sys/policies/acl/kes", json!({ "policy": policy }));
         self.ok(
@@ -169,6 +173,7 @@ path "kv2/metadata/kes" { capabilities = ["list"] }
             tls_cert: None,
             tls_ca: Some(self.ca.display().to_string()),
             ping: Duration::from_secs(1),
+            transit: None,
         }))
     }
 }
@@ -359,5 +364,46 @@ fn short_lived_tokens_are_renewed_and_replaced() {
         std::thread::sleep(Duration::from_millis(300));
     }
     assert!(i > 20);
+    server.stop();
+}
+
+/// Transit wrapping: stored values are `vault:v1:` ciphertexts, keys still
+/// work after the transit key is rotated (new values are `vault:v2:`, which
+/// KES v0.24 could not read), and a wrapped value without transit
+/// configured is a clear read error.
+#[test]
+fn transit_wrapping_survives_rotation() {
+    let bao = Bao::start();
+    let (role, secret) = bao.setup("1h", "24h");
+    let with_transit = |kv| {
+        let mut c = bao.config("kv2", kv, &role, &secret);
+        if let KeystoreConfig::Vault(v) = &mut c {
+            v.transit = Some(("transit".into(), "kes-wrap".into()));
+        }
+        c
+    };
+    let (_pki, _admin, server, c) = admin_server(|cfg| cfg.keystore = with_transit(KvVersion::V2));
+    let stored = |name: &str| {
+        let (_, v) = bao.call("GET", &format!("/v1/kv2/data/kes/{name}"), None);
+        v["data"]["data"][name].as_str().unwrap_or("").to_owned()
+    };
+    assert_eq!(c.call("PUT", "/v1/key/create/w1", b"").unwrap().status, 200);
+    assert!(stored("w1").starts_with("vault:v1:"), "{}", stored("w1"));
+    let dek = c.json("PUT", "/v1/key/generate/w1", json!({})).json();
+    bao.ok("POST", "/v1/transit/keys/kes-wrap/rotate", json!({}));
+    assert_eq!(c.call("PUT", "/v1/key/create/w2", b"").unwrap().status, 200);
+    assert!(stored("w2").starts_with("vault:v2:"), "{}", stored("w2"));
+    server.stop();
+    // A fresh server (nothing cached) reads both generations.
+    let (_pki, _admin, server, c) = admin_server(|cfg| cfg.keystore = with_transit(KvVersion::V2));
+    let r = c.json("PUT", "/v1/key/decrypt/w1", json!({"ciphertext": dek["ciphertext"]}));
+    assert_eq!(r.json()["plaintext"], dek["plaintext"], "{}", r.text());
+    assert_eq!(c.json("PUT", "/v1/key/generate/w2", json!({})).status, 200);
+    server.stop();
+    // Without transit configured the wrapped value cannot be used.
+    let (_pki, _admin, server, c) =
+        admin_server(|cfg| cfg.keystore = bao.config("kv2", KvVersion::V2, &role, &secret));
+    let r = c.json("PUT", "/v1/key/generate/w1", json!({}));
+    assert_eq!(r.status, 502, "{}", r.text());
     server.stop();
 }

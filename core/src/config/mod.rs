@@ -233,6 +233,8 @@ pub struct VaultConfig {
     pub tls_ca: Option<String>,
     /// How often Vault's seal status is polled.
     pub ping: Duration,
+    /// Wrap stored values with this transit engine and key (v0.24).
+    pub transit: Option<(String, String)>,
 }
 
 /// The K/V secrets engine API version.

@@ -139,15 +139,9 @@ impl Inner {
         if self.sealed.load(Ordering::Relaxed) {
             return Err(StoreError::Unreachable("vault: key store is sealed".into()));
         }
-        let kv = self.paths.kv();
         match cmd {
             Command::Create { name, value } => self.create(name.as_str(), &value).await,
-            Command::Get { name } => {
-                let r = self
-                    .send(|| HttpRequest::new("GET", self.paths.read(name.as_str())), true)
-                    .await?;
-                proto::get_result(kv, name.as_str(), &r)
-            }
+            Command::Get { name } => self.get(name.as_str()).await,
             Command::Delete { name } => {
                 let path = self.paths.delete(name.as_str());
                 let r = self.send(|| HttpRequest::new("DELETE", path.clone()), true).await?;
@@ -173,12 +167,21 @@ impl Inner {
                 Err(e) => return Err(e),
             }
         }
-        let body = Zeroizing::new(proto::create_body(kv, name, value)?);
+        let wrapped;
+        let stored = match &self.config.transit {
+            Some((engine, key)) => {
+                let r = self.send(|| proto::wrap_request(engine, key, value), false).await?;
+                wrapped = proto::wrap_result(&r)?;
+                &wrapped
+            }
+            None => value,
+        };
+        let body = Zeroizing::new(proto::create_body(kv, name, stored)?);
         let put = || HttpRequest::new("PUT", self.paths.data(name)).json(body.to_vec());
         match self.send(put, false).await {
             Ok(r) => proto::create_result(&r),
-            Err(first) => match self.get(name).await {
-                Ok(StoreReply::Value(stored)) if stored == *value => Ok(StoreReply::Created),
+            Err(first) => match self.get_stored(name).await {
+                Ok(StoreReply::Value(v)) if v == *stored => Ok(StoreReply::Created),
                 Ok(_) => Err(StoreError::Exists),
                 Err(StoreError::NotFound) => {
                     let r = self.send(put, false).await.map_err(|_| first)?;
@@ -189,9 +192,28 @@ impl Inner {
         }
     }
 
-    async fn get(&self, name: &str) -> Result<StoreReply, StoreError> {
+    /// A key's value as stored (transit-wrapped, if it was).
+    async fn get_stored(&self, name: &str) -> Result<StoreReply, StoreError> {
         let r = self.send(|| HttpRequest::new("GET", self.paths.read(name)), true).await?;
         proto::get_result(self.paths.kv(), name, &r)
+    }
+
+    /// A key's value, unwrapped by transit when it was wrapped. A wrapped
+    /// value without transit configured cannot be read.
+    async fn get(&self, name: &str) -> Result<StoreReply, StoreError> {
+        let StoreReply::Value(v) = self.get_stored(name).await? else {
+            return Err(StoreError::Failed("vault: unexpected answer".into()));
+        };
+        if !proto::is_wrapped(v.expose()) {
+            return Ok(StoreReply::Value(v));
+        }
+        let Some((engine, key)) = &self.config.transit else {
+            return Err(StoreError::Failed(format!(
+                "vault: key '{name}' is wrapped by transit, but keystore.vault.transit is not configured"
+            )));
+        };
+        let r = self.send(|| proto::unwrap_request(engine, key, v.expose()), true).await?;
+        proto::unwrap_result(&r).map(StoreReply::Value)
     }
 
     /// A data call with the token and namespace. A 403 (an expired token)

@@ -232,6 +232,64 @@ pub fn health_result(r: &HttpResponse) -> Result<Health, StoreError> {
     })
 }
 
+/// Transit-wrapped values start like this; the number is the transit key's
+/// version. KES v0.24 accepted only `vault:v1:`, so it could not read a
+/// value wrapped after the transit key was rotated; any version is read
+/// here (Vault decrypts every version it still holds).
+pub fn is_wrapped(value: &[u8]) -> bool {
+    let Some(rest) = value.strip_prefix(b"vault:v") else { return false };
+    let digits = rest.iter().take_while(|b| b.is_ascii_digit()).count();
+    digits > 0 && rest.get(digits) == Some(&b':')
+}
+
+/// `POST <engine>/encrypt/<key>` of a key file.
+pub fn wrap_request(engine: &str, key: &str, value: &SecretBytes) -> HttpRequest {
+    use base64::Engine as _;
+    let b64 = Zeroizing::new(base64::engine::general_purpose::STANDARD.encode(value.expose()));
+    let mut body = Vec::with_capacity(b64.len() + 32);
+    body.extend_from_slice(br#"{"plaintext":""#);
+    body.extend_from_slice(b64.as_bytes());
+    body.extend_from_slice(br#""}"#);
+    HttpRequest::new("POST", format!("/v1/{engine}/encrypt/{key}")).json(body)
+}
+
+/// The wrapped value of an encrypt answer.
+pub fn wrap_result(r: &HttpResponse) -> Result<SecretBytes, StoreError> {
+    if r.status != 200 {
+        return Err(failure("transit encrypt failed", r));
+    }
+    let v: Value = serde_json::from_slice(&r.body)
+        .map_err(|e| StoreError::Failed(format!("vault: invalid transit answer: {e}")))?;
+    match v["data"]["ciphertext"].as_str() {
+        Some(c) if is_wrapped(c.as_bytes()) => Ok(SecretBytes::new(c.as_bytes().to_vec())),
+        _ => Err(StoreError::Failed("vault: transit answer has no ciphertext".into())),
+    }
+}
+
+/// `POST <engine>/decrypt/<key>` of a wrapped value.
+pub fn unwrap_request(engine: &str, key: &str, wrapped: &[u8]) -> HttpRequest {
+    let body = json!({ "ciphertext": String::from_utf8_lossy(wrapped) }).to_string().into_bytes();
+    HttpRequest::new("POST", format!("/v1/{engine}/decrypt/{key}")).json(body)
+}
+
+/// The key file of a decrypt answer.
+pub fn unwrap_result(r: &HttpResponse) -> Result<SecretBytes, StoreError> {
+    use base64::Engine as _;
+    if r.status != 200 {
+        return Err(failure("transit decrypt failed", r));
+    }
+    let mut v: Value = serde_json::from_slice(&r.body)
+        .map_err(|e| StoreError::Failed(format!("vault: invalid transit answer: {e}")))?;
+    let Value::String(b64) = v["data"]["plaintext"].take() else {
+        return Err(StoreError::Failed("vault: transit answer has no plaintext".into()));
+    };
+    let b64 = Zeroizing::new(b64);
+    base64::engine::general_purpose::STANDARD
+        .decode(b64.as_bytes())
+        .map(SecretBytes::new)
+        .map_err(|e| StoreError::Failed(format!("vault: invalid transit plaintext: {e}")))
+}
+
 /// A token and how long it lives.
 pub struct Token {
     /// `auth.client_token`; wiped on drop.
@@ -383,6 +441,21 @@ mod tests {
             Ok::<_, StoreError>(StoreReply::Names(vec!["a".into(), "b".into()]))
         );
         assert!(list_result(&resp(403, r#"{"errors":["permission denied"]}"#)).is_err());
+    }
+
+    #[test]
+    fn transit_values() {
+        assert!(is_wrapped(b"vault:v1:abc") && is_wrapped(b"vault:v12:abc"));
+        assert!(
+            !is_wrapped(b"vault:v:abc")
+                && !is_wrapped(b"{\"bytes\":1}")
+                && !is_wrapped(b"vault:vx1:")
+        );
+        let r = resp(200, r#"{"data":{"ciphertext":"vault:v2:AAAA"}}"#);
+        assert_eq!(wrap_result(&r).unwrap().expose(), b"vault:v2:AAAA");
+        let r = resp(200, r#"{"data":{"plaintext":"aGVsbG8="}}"#);
+        assert_eq!(unwrap_result(&r).unwrap().expose(), b"hello");
+        assert!(wrap_result(&resp(200, r#"{"data":{"ciphertext":"x"}}"#)).is_err());
     }
 
     #[test]

@@ -52,11 +52,16 @@ fn parse(
             ConfigError::new(format!("keystore.vault.status.ping: invalid duration '{s}'"))
         })?,
     };
-    if lookup(vault, &["transit"]).is_some() {
-        return Err(ConfigError::new(
-            "keystore.vault.transit is not supported yet: remove it to store keys unwrapped",
-        ));
-    }
+    let transit = match lookup(vault, &["transit"]) {
+        None => None,
+        Some(_) => {
+            let key = text(&["transit", "key"]);
+            if key.is_empty() {
+                return Err(ConfigError::new("keystore.vault.transit: no key specified"));
+            }
+            Some((or(text(&["transit", "engine"]), "transit").trim_matches('/').to_owned(), key))
+        }
+    };
     Ok(KeystoreConfig::Vault(Box::new(VaultConfig {
         endpoint: endpoint.trim_end_matches('/').to_owned(),
         engine: or(text(&["engine"]), "kv").trim_matches('/').to_owned(),
@@ -67,6 +72,7 @@ fn parse(
         tls_cert,
         tls_ca: Some(text(&["tls", "ca"])).filter(|s| !s.is_empty()),
         ping,
+        transit,
     })))
 }
 
@@ -121,7 +127,7 @@ mod tests {
 
     #[test]
     fn every_key_of_the_section() {
-        let c = parse("  vault:\n    endpoint: https://127.0.0.1:8200/\n    engine: secret/\n    version: v2\n    namespace: team\n    prefix: /kes/\n    approle:\n      engine: ar\n      id: role\n      secret: s3cret\n      namespace: /\n      retry: 5s\n    tls:\n      key: c.key\n      cert: c.cert\n      ca: ca.pem\n    status:\n      ping: 3s\n").unwrap();
+        let c = parse("  vault:\n    endpoint: https://127.0.0.1:8200/\n    engine: secret/\n    version: v2\n    namespace: team\n    prefix: /kes/\n    approle:\n      engine: ar\n      id: role\n      secret: s3cret\n      namespace: /\n      retry: 5s\n    tls:\n      key: c.key\n      cert: c.cert\n      ca: ca.pem\n    status:\n      ping: 3s\n    transit:\n      key: wrap\n").unwrap();
         let KeystoreConfig::Vault(v) = c.keystore else { panic!("{:?}", c.keystore) };
         assert_eq!(v.endpoint, "https://127.0.0.1:8200");
         assert_eq!((v.engine.as_str(), v.kv, v.prefix.as_str()), ("secret", KvVersion::V2, "kes"));
@@ -129,6 +135,7 @@ mod tests {
         assert_eq!(v.tls_cert, Some(("c.cert".into(), "c.key".into())));
         assert_eq!(v.tls_ca.as_deref(), Some("ca.pem"));
         assert_eq!(v.ping, std::time::Duration::from_secs(3));
+        assert_eq!(v.transit, Some(("transit".into(), "wrap".into())));
         match &v.auth {
             VaultAuth::AppRole { engine, id, secret, namespace } => {
                 assert_eq!(
