@@ -407,3 +407,124 @@ fn transit_wrapping_survives_rotation() {
     assert_eq!(r.status, 502, "{}", r.text());
     server.stop();
 }
+
+fn helper(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../shared/spec/stores-testing-helpers")
+        .join(name)
+}
+
+/// Kubernetes login (OpenBao checks the JWT with a TokenReview against the
+/// fake Kubernetes API from stores-testing-helpers/), with the JWT in a file
+/// that is read at every login.
+#[test]
+fn kubernetes_login_with_a_jwt_file() {
+    let bao = Bao::start();
+    bao.setup("1h", "24h");
+    let port = free_port();
+    let mut k8s = Command::new(python())
+        .arg(helper("fake_k8s.py"))
+        .args(["serve", &port.to_string()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(started.elapsed() < Duration::from_secs(10), "fake Kubernetes API did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let ca = std::fs::read_to_string(&bao.ca).unwrap();
+    bao.ok("POST", "/v1/sys/auth/kubernetes", json!({"type": "kubernetes"}));
+    bao.ok(
+        "POST",
+        "/v1/auth/kubernetes/config",
+        json!({"kubernetes_host": format!("http://127.0.0.1:{port}"), "disable_local_ca_jwt": true, "kubernetes_ca_cert": ca}),
+    );
+    bao.ok(
+        "POST",
+        "/v1/auth/kubernetes/role/kes",
+        json!({"bound_service_account_names": ["kes"], "bound_service_account_namespaces": ["default"], "token_policies": ["kes"]}),
+    );
+    let out = Command::new(python())
+        .arg(helper("fake_k8s.py"))
+        .args(["jwt", "default", "kes"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let dir = tempdir("k8s");
+    let jwt_file = dir.join("token");
+    std::fs::write(&jwt_file, &out.stdout).unwrap();
+    let mut config = bao.config("kv2", KvVersion::V2, "", "");
+    if let KeystoreConfig::Vault(v) = &mut config {
+        v.auth = VaultAuth::Kubernetes {
+            engine: "kubernetes".into(),
+            role: "kes".into(),
+            jwt: Secret::new(jwt_file.display().to_string()),
+            namespace: String::new(),
+        };
+    }
+    let (_pki, _admin, server, c) = admin_server(|cfg| cfg.keystore = config.clone());
+    assert_eq!(c.call("PUT", "/v1/key/create/k8s-key", b"").unwrap().status, 200);
+    assert_eq!(c.json("PUT", "/v1/key/generate/k8s-key", json!({})).status, 200);
+    server.stop();
+    // Another service account's token is refused at start-up, clearly.
+    let out = Command::new(python())
+        .arg(helper("fake_k8s.py"))
+        .args(["jwt", "default", "other"])
+        .output()
+        .unwrap();
+    std::fs::write(&jwt_file, &out.stdout).unwrap();
+    let err = kes_adapters::store::open(&config).err().expect("login must fail");
+    assert!(err.contains("cannot log in"), "{err}");
+    let _ = k8s.kill();
+    let _ = k8s.wait();
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A namespace: data calls carry it, the key lives inside it, and health
+/// (which Vault refuses inside namespaces) still works.
+#[test]
+fn keys_live_in_the_configured_namespace() {
+    let bao = Bao::start();
+    bao.ok("POST", "/v1/sys/namespaces/team1", json!({}));
+    let ns = "/v1/team1";
+    bao.ok(
+        "POST",
+        &format!("{ns}/sys/mounts/kv2"),
+        json!({"type": "kv", "options": {"version": "2"}}),
+    );
+    bao.ok("POST", &format!("{ns}/sys/auth/approle"), json!({"type": "approle"}));
+    let policy = r#"path "kv2/data/kes/*" { capabilities = ["create", "read", "update"] }
+path "kv2/metadata/kes/*" { capabilities = ["list", "delete"] }
+path "kv2/metadata/kes" { capabilities = ["list"] }"#;
+    bao.ok("PUT", &format!("{ns}/sys/policies/acl/kes"), json!({ "policy": policy }));
+    bao.ok("POST", &format!("{ns}/auth/approle/role/kes"), json!({"token_policies": ["kes"]}));
+    bao.ok("POST", &format!("{ns}/auth/approle/role/kes/role-id"), json!({"role_id": "ns-role"}));
+    bao.ok(
+        "POST",
+        &format!("{ns}/auth/approle/role/kes/custom-secret-id"),
+        json!({"secret_id": "ns-secret"}),
+    );
+    let started = Instant::now();
+    while bao.call("PUT", &format!("{ns}/kv2/data/probe"), Some(json!({"data": {"a": "b"}}))).0
+        != 200
+    {
+        assert!(started.elapsed() < Duration::from_secs(10), "kv2 never became writable");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let mut config = bao.config("kv2", KvVersion::V2, "ns-role", "ns-secret");
+    if let KeystoreConfig::Vault(v) = &mut config {
+        v.namespace = "team1".into();
+    }
+    let (_pki, _admin, server, c) = admin_server(|cfg| cfg.keystore = config.clone());
+    assert_eq!(c.call("PUT", "/v1/key/create/ns-key", b"").unwrap().status, 200);
+    assert_eq!(c.call("GET", "/v1/status", b"").unwrap().status, 200, "health works");
+    assert_eq!(bao.call("GET", &format!("{ns}/kv2/data/kes/ns-key"), None).0, 200, "inside team1");
+    assert_eq!(bao.call("GET", "/v1/kv2/data/kes/ns-key", None).0 / 100, 4, "not at the root");
+    server.stop();
+}
+
+fn python() -> String {
+    std::env::var("KES_TEST_PYTHON").unwrap_or_else(|_| "python3".into())
+}
