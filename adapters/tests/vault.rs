@@ -528,3 +528,201 @@ path "kv2/metadata/kes" { capabilities = ["list"] }"#;
 fn python() -> String {
     std::env::var("KES_TEST_PYTHON").unwrap_or_else(|_| "python3".into())
 }
+
+/// A non-dev OpenBao: raft storage, a TLS listener that requires client
+/// certificates. kes reaches it with mTLS; Vault restarts (sealed until
+/// unsealed) while kes keeps running, and kes recovers by itself.
+#[test]
+fn mtls_to_a_real_server_across_a_restart() {
+    let pki = Pki::new();
+    let vault_client = pki.client_signed("kes-to-vault");
+    let dir = tempdir("bao-raft");
+    let port = free_port();
+    let cluster = free_port();
+    let hcl = format!(
+        r#"storage "raft" {{
+  path = "{dir}/raft"
+  node_id = "n1"
+  performance_multiplier = 1
+}}
+listener "tcp" {{
+  address = "127.0.0.1:{port}"
+  cluster_address = "127.0.0.1:{cluster}"
+  tls_cert_file = "{cert}"
+  tls_key_file = "{key}"
+  tls_client_ca_file = "{ca}"
+  tls_require_and_verify_client_cert = true
+}}
+api_addr = "https://127.0.0.1:{port}"
+cluster_addr = "https://127.0.0.1:{cluster}"
+"#,
+        dir = dir.display(),
+        cert = pki.server_cert.display(),
+        key = pki.server_key.display(),
+        ca = pki.ca_file.display(),
+    );
+    std::fs::create_dir_all(dir.join("raft")).unwrap();
+    std::fs::write(dir.join("bao.hcl"), hcl).unwrap();
+    let spawn = || {
+        Command::new(bao_binary())
+            .args(["server", "-config"])
+            .arg(dir.join("bao.hcl"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    struct Killed(Child);
+    impl Drop for Killed {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let mut server = Killed(spawn());
+    let url = format!("https://127.0.0.1:{port}");
+    let cert = (vault_client.cert_file.as_path(), vault_client.key_file.as_path());
+    let admin = HttpsClient::new(&url, Some(&pki.ca_file), Some(cert)).unwrap();
+    let call = |method: &'static str, path: &str, token: &str, body: Option<Value>| {
+        let mut req = HttpRequest::new(method, path.to_owned()).header("X-Vault-Token", token);
+        if let Some(b) = body {
+            req = req.json(b.to_string().into_bytes());
+        }
+        smol::block_on(admin.send(&req, Duration::from_secs(10)))
+            .map(|r| (r.status, serde_json::from_slice::<Value>(&r.body).unwrap_or(Value::Null)))
+            .unwrap_or((0, Value::Null))
+    };
+    let wait_for = |what: &str, ok: &dyn Fn() -> bool| {
+        let started = Instant::now();
+        while !ok() {
+            assert!(started.elapsed() < Duration::from_secs(30), "{what}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    wait_for("listener", &|| call("GET", "/v1/sys/health", "", None).0 != 0);
+    // Without a client certificate the listener refuses the handshake.
+    let bare = HttpsClient::new(&url, Some(&pki.ca_file), None).unwrap();
+    let refused = smol::block_on(
+        bare.send(&HttpRequest::new("GET", "/v1/sys/health".into()), Duration::from_secs(5)),
+    );
+    assert!(refused.is_err(), "a client without a certificate must be refused");
+
+    let (_, init) =
+        call("PUT", "/v1/sys/init", "", Some(json!({"secret_shares": 1, "secret_threshold": 1})));
+    let unseal_key = init["keys_base64"][0].as_str().unwrap().to_owned();
+    let root = init["root_token"].as_str().unwrap().to_owned();
+    let unseal = || call("PUT", "/v1/sys/unseal", "", Some(json!({"key": unseal_key}))).0 == 200;
+    assert!(unseal());
+    wait_for("active", &|| call("GET", "/v1/sys/health", "", None).0 == 200);
+    let ok = |m: &'static str, p: &str, b: Value| {
+        let (s, v) = call(m, p, &root, Some(b));
+        assert!(matches!(s, 200 | 204), "{m} {p}: {s} {v}");
+    };
+    ok("POST", "/v1/sys/mounts/kv", json!({"type": "kv", "options": {"version": "2"}}));
+    ok("POST", "/v1/sys/auth/approle", json!({"type": "approle"}));
+    ok(
+        "PUT",
+        "/v1/sys/policies/acl/kes",
+        json!({"policy": "path \"kv/*\" { capabilities = [\"create\", \"read\", \"update\", \"delete\", \"list\"] }"}),
+    );
+    ok("POST", "/v1/auth/approle/role/kes", json!({"token_policies": ["kes"], "token_ttl": "1h"}));
+    ok("POST", "/v1/auth/approle/role/kes/role-id", json!({"role_id": "r"}));
+    ok("POST", "/v1/auth/approle/role/kes/custom-secret-id", json!({"secret_id": "s"}));
+    wait_for("kv writable", &|| {
+        call("PUT", "/v1/kv/data/probe", &root, Some(json!({"data": {"a": "b"}}))).0 == 200
+    });
+
+    let keystore = KeystoreConfig::Vault(Box::new(VaultConfig {
+        endpoint: url.clone(),
+        engine: "kv".into(),
+        kv: KvVersion::V2,
+        namespace: String::new(),
+        prefix: "kes".into(),
+        auth: VaultAuth::AppRole {
+            engine: "approle".into(),
+            id: "r".into(),
+            secret: Secret::new("s".into()),
+            namespace: String::new(),
+        },
+        tls_cert: Some((
+            vault_client.cert_file.display().to_string(),
+            vault_client.key_file.display().to_string(),
+        )),
+        tls_ca: Some(pki.ca_file.display().to_string()),
+        ping: Duration::from_secs(1),
+        transit: None,
+    }));
+    let admin_id = pki.client("admin");
+    let mut config = config_with_admin(&admin_id);
+    config.keystore = keystore;
+    let kes = pki.start(config);
+    let c = Client::new(&pki, Some(&admin_id), kes.addr());
+    assert_eq!(c.call("PUT", "/v1/key/create/m1", b"").unwrap().status, 200);
+    let dek = c.json("PUT", "/v1/key/generate/m1", json!({})).json();
+
+    // Vault restarts: down, then up but sealed, then unsealed.
+    drop(server);
+    let r = c.call("PUT", "/v1/key/create/while-down", b"").unwrap();
+    assert!(r.status >= 500, "{}", r.text());
+    server = Killed(spawn());
+    wait_for("listener again", &|| call("GET", "/v1/sys/health", "", None).0 != 0);
+    assert!(unseal());
+    wait_for("kes recovers", &|| c.call("PUT", "/v1/key/create/m2", b"").unwrap().status == 200);
+    let r = c.json("PUT", "/v1/key/decrypt/m1", json!({"ciphertext": dek["ciphertext"]}));
+    assert_eq!(r.json()["plaintext"], dek["plaintext"]);
+    kes.stop();
+    drop(server);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Vault killed under load: with cache.offline set, every request for a
+/// cached key keeps succeeding, even past the cache's normal expiry.
+#[test]
+fn cached_keys_survive_a_killed_vault_under_load() {
+    let mut bao = Bao::start();
+    let (role, secret) = bao.setup("1h", "24h");
+    let (pki, admin, server, c) = admin_server(|cfg| {
+        cfg.keystore = bao.config("kv2", KvVersion::V2, &role, &secret);
+        cfg.cache.any = Duration::from_secs(2);
+        cfg.cache.unused = Duration::from_secs(2);
+        cfg.cache.offline = Duration::from_secs(3600);
+    });
+    assert_eq!(c.call("PUT", "/v1/key/create/hot", b"").unwrap().status, 200);
+    assert_eq!(c.json("PUT", "/v1/key/generate/hot", json!({})).status, 200);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let workers: Vec<_> = (0..3)
+        .map(|_| {
+            let stop = stop.clone();
+            let c = Client::new(&pki, Some(&admin), server.addr());
+            std::thread::spawn(move || {
+                let (mut ok, mut failed) = (0u32, Vec::new());
+                let mut s = c.connect().unwrap();
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    send(&mut s, "PUT", "/v1/key/generate/hot", b"{}", false).unwrap();
+                    let r = read_reply(&mut s).unwrap();
+                    if r.status == 200 {
+                        ok += 1;
+                    } else {
+                        failed.push(r.text());
+                    }
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                (ok, failed)
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(500));
+    let _ = bao.child.kill();
+    let _ = bao.child.wait();
+    std::thread::sleep(Duration::from_secs(5)); // well past cache.any
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for w in workers {
+        let (ok, failed) = w.join().unwrap();
+        assert!(ok > 50, "{ok}");
+        assert!(failed.is_empty(), "requests for a cached key failed: {failed:?}");
+    }
+    // A key that was never cached fails cleanly, not by hanging.
+    let r = c.json("PUT", "/v1/key/generate/never-cached", json!({}));
+    assert!(r.status >= 500, "{}", r.text());
+    server.stop();
+}

@@ -4,6 +4,13 @@
 //! `unused / 2` keys not used since the last sweep are evicted; while the store
 //! is unreachable and `offline` is set, both expiries pause so cached keys keep
 //! serving, until `offline` after the outage began.
+//!
+//! One addition: KES learns of an outage only from its periodic probe, so a
+//! key whose expiry falls between the store going down and the next probe
+//! is lost, and its next request fails. Here, with `offline` set, expired
+//! keys are kept aside as *stale* for up to `offline`: they are never served
+//! while the store answers (a re-fetch replaces them, or drops them if the
+//! key was deleted), only when the re-fetch finds the store unreachable.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -20,10 +27,17 @@ struct Entry {
     used: bool,
 }
 
+/// An expired key kept for an outage, and when it expired.
+struct Stale {
+    key: SecretKey,
+    since: Instant,
+}
+
 /// Decoded keys by name, with expiry state.
 pub struct KeyCache {
     cfg: CacheConfig,
     entries: BTreeMap<KeyName, Entry>,
+    stale: BTreeMap<KeyName, Stale>,
     offline: bool,
     next_any: Option<Instant>,
     next_unused: Option<Instant>,
@@ -47,6 +61,7 @@ impl KeyCache {
         Self {
             cfg,
             entries: BTreeMap::new(),
+            stale: BTreeMap::new(),
             offline: false,
             next_any: at(cfg.any),
             next_unused: at(cfg.unused / 2),
@@ -64,12 +79,41 @@ impl KeyCache {
 
     /// Caches a key just read from the store (marked used).
     pub fn insert(&mut self, name: KeyName, key: SecretKey) {
+        self.stale.remove(name.as_str());
         self.entries.insert(name, Entry { key, used: true });
     }
 
-    /// Drops a key (after delete).
+    /// Drops a key (after delete, or when the store says it is gone).
     pub fn evict(&mut self, name: &str) {
         self.entries.remove(name);
+        self.stale.remove(name);
+    }
+
+    /// The store was unreachable when an expired key was fetched again: if
+    /// it was kept aside (offline caching), it serves again. True if so.
+    pub fn restore_stale(&mut self, name: &str, now: Instant) -> bool {
+        let fresh = |s: &Stale| now.saturating_duration_since(s.since) < self.cfg.offline;
+        match self.stale.remove_entry(name) {
+            Some((name, s)) if fresh(&s) => {
+                self.entries.insert(name, Entry { key: s.key, used: true });
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Expired entries: kept aside with offline caching, else dropped.
+    fn expire(&mut self, now: Instant, keep: impl Fn(&mut Entry) -> bool) {
+        let entries = std::mem::take(&mut self.entries);
+        for (name, mut e) in entries {
+            if keep(&mut e) {
+                self.entries.insert(name, e);
+            } else if !self.cfg.offline.is_zero() {
+                self.stale.insert(name, Stale { key: e.key, since: now });
+            }
+        }
+        let offline = self.cfg.offline;
+        self.stale.retain(|_, s| now.saturating_duration_since(s.since) < offline);
     }
 
     /// Number of cached keys.
@@ -114,18 +158,19 @@ impl KeyCache {
     pub fn handle_timeout(&mut self, now: Instant) -> Tick {
         if let Some(t) = self.next_any.filter(|t| *t <= now) {
             if !self.holding() {
-                self.entries.clear();
+                self.expire(now, |_| false);
             }
             self.next_any = Some(next_after(t, self.cfg.any, now));
         }
         if let Some(t) = self.next_unused.filter(|t| *t <= now) {
             if !self.holding() {
-                self.entries.retain(|_, e| std::mem::take(&mut e.used));
+                self.expire(now, |e| std::mem::take(&mut e.used));
             }
             self.next_unused = Some(next_after(t, self.cfg.unused / 2, now));
         }
         if self.offline_deadline.is_some_and(|t| t <= now) {
             self.entries.clear();
+            self.stale.clear();
             self.offline_deadline = None;
         }
         match self.next_probe.filter(|t| *t <= now) {
@@ -228,5 +273,37 @@ mod tests {
         c.set_offline(false, t0 + s(40));
         c.handle_timeout(t0 + s(60));
         assert!(c.get("a").is_none());
+    }
+
+    #[test]
+    fn expired_keys_serve_only_when_the_store_is_down() {
+        let t0 = Instant::now();
+        let cfg = CacheConfig {
+            any: Duration::from_secs(2),
+            unused: Duration::from_secs(60),
+            offline: Duration::from_secs(30),
+        };
+        let mut c = KeyCache::new(cfg, t0);
+        let name = KeyName::parse("k").unwrap();
+        c.insert(name.clone(), SecretKey::new([1; 32], None, None, None, None));
+        c.handle_timeout(t0 + Duration::from_secs(2));
+        assert!(c.get("k").is_none(), "expired: the store is asked again");
+        // The store answers NotFound: deleted meanwhile, gone for good.
+        let mut gone = KeyCache::new(cfg, t0);
+        gone.insert(name.clone(), SecretKey::new([1; 32], None, None, None, None));
+        gone.handle_timeout(t0 + Duration::from_secs(2));
+        gone.evict("k");
+        assert!(!gone.restore_stale("k", t0 + Duration::from_secs(3)));
+        // The store is unreachable: the expired key serves again.
+        assert!(c.restore_stale("k", t0 + Duration::from_secs(3)));
+        assert!(c.get("k").is_some());
+        // Not after `offline` has passed since it expired.
+        c.handle_timeout(t0 + Duration::from_secs(4));
+        assert!(!c.restore_stale("k", t0 + Duration::from_secs(40)));
+        // Without offline caching nothing is kept aside.
+        let mut plain = KeyCache::new(CacheConfig { offline: Duration::ZERO, ..cfg }, t0);
+        plain.insert(name, SecretKey::new([1; 32], None, None, None, None));
+        plain.handle_timeout(t0 + Duration::from_secs(2));
+        assert!(!plain.restore_stale("k", t0 + Duration::from_secs(3)));
     }
 }

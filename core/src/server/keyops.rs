@@ -80,7 +80,20 @@ impl Server {
                 }
             },
             Ok(_) => Err(ApiError::StoreRead),
-            Err(StoreError::NotFound) => Err(ApiError::KeyNotFound),
+            Err(StoreError::NotFound) => {
+                self.cache.evict(name.as_str());
+                Err(ApiError::KeyNotFound)
+            }
+            // The store is down: a key kept aside for an outage serves.
+            Err(e @ StoreError::Unreachable(_))
+                if self.cache.restore_stale(name.as_str(), now.instant) =>
+            {
+                self.error_event(
+                    format!("{e}; serving the cached key '{name}' while the key store is offline"),
+                    now,
+                );
+                Ok(())
+            }
             Err(e) => self.store_failure::<()>(e, ApiError::StoreRead, now).map(|_| ()),
         };
         let format = self.compat.ciphertext;
