@@ -607,6 +607,71 @@ fn migrate_copies_key_files_verbatim() {
     assert!(err.contains("mutually exclusive"));
 }
 
+/// `kes migrate` between store kinds: fs -> AWS Secrets Manager (a real
+/// moto server) -> fs again, key files unchanged on the round trip.
+#[test]
+fn migrate_between_fs_and_aws() {
+    let python = std::env::var("KES_TEST_PYTHON").unwrap_or_else(|_| "python3".into());
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let mut moto = Command::new(python)
+        .args(["-m", "moto.server", "-H", "127.0.0.1", "-p", &port.to_string()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect(
+            "moto is required for this test: pip install 'moto[server]' (scripts/test.sh does)",
+        );
+    let started = std::time::Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(started.elapsed() < Duration::from_secs(30), "moto did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let dir = tempdir("migrate-aws");
+    let src = dir.join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    let vectors =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/spec/vectors/keys-v0.24");
+    for e in std::fs::read_dir(&vectors).unwrap() {
+        let e = e.unwrap();
+        std::fs::write(src.join(e.file_name()), std::fs::read(e.path()).unwrap()).unwrap();
+    }
+    let fs = |name: &str, path: &Path| {
+        std::fs::write(dir.join(name), format!("keystore:\n  fs:\n    path: {}\n", path.display()))
+            .unwrap()
+    };
+    fs("src.yml", &src);
+    fs("back.yml", &dir.join("back"));
+    std::fs::write(
+        dir.join("aws.yml"),
+        format!("keystore:\n  aws:\n    secretsmanager:\n      endpoint: http://127.0.0.1:{port}\n      region: us-east-1\n      credentials:\n        accesskey: test\n        secretkey: test\n"),
+    )
+    .unwrap();
+    let migrate = |from: &str, to: &str| {
+        let out = Command::new(env!("CARGO_BIN_EXE_kes"))
+            .args(["migrate", "--from", from, "--to", to])
+            .current_dir(&dir)
+            .output()
+            .unwrap();
+        (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    let (code, err) = migrate("src.yml", "aws.yml");
+    assert_eq!(code, Some(0), "{err}");
+    assert!(err.contains("Migrated 3 keys successfully"), "{err}");
+    let (code, err) = migrate("aws.yml", "back.yml");
+    assert_eq!(code, Some(0), "{err}");
+    for e in std::fs::read_dir(&src).unwrap() {
+        let name = e.unwrap().file_name();
+        assert_eq!(
+            std::fs::read(src.join(&name)).unwrap(),
+            std::fs::read(dir.join("back").join(&name)).unwrap(),
+            "{name:?} survives fs -> AWS -> fs byte for byte"
+        );
+    }
+    let _ = moto.kill();
+    let _ = moto.wait();
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
 /// `kes identity of` agrees with the server's computation (and openssl's)
 /// for RSA, ECDSA and Ed25519 certificates; `identity new` takes SANs.
 #[test]
