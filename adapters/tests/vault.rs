@@ -726,3 +726,74 @@ fn cached_keys_survive_a_killed_vault_under_load() {
     assert!(r.status >= 500, "{}", r.text());
     server.stop();
 }
+
+/// A node that answers every request with a 307 to the active node, as a
+/// Vault standby does: login and key calls follow it once and succeed.
+/// (A minimal stand-in: what it needs of a standby is the redirect alone.)
+#[test]
+fn standby_redirects_are_followed() {
+    use std::io::{Read, Write};
+    let bao = Bao::start();
+    let (role, secret) = bao.setup("1h", "24h");
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let standby = format!("http://{}", listener.local_addr().unwrap());
+    let active = bao.url.clone();
+    let redirected = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
+    let count = redirected.clone();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { return };
+            let active = active.clone();
+            let count = count.clone();
+            std::thread::spawn(move || {
+                let mut buf = Vec::new();
+                let mut byte = [0u8; 1024];
+                loop {
+                    let Ok(n) = conn.read(&mut byte) else { return };
+                    if n == 0 {
+                        return;
+                    }
+                    buf.extend_from_slice(&byte[..n]);
+                    let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else { continue };
+                    let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+                    let len: usize = head
+                        .lines()
+                        .find_map(|l| {
+                            l.to_ascii_lowercase()
+                                .strip_prefix("content-length:")
+                                .map(|v| v.trim().parse().unwrap_or(0))
+                        })
+                        .unwrap_or(0);
+                    if buf.len() < end + 4 + len {
+                        continue;
+                    }
+                    buf.drain(..end + 4 + len);
+                    let path = head.split(' ').nth(1).unwrap_or("/").to_owned();
+                    count.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let reply = format!("HTTP/1.1 307 Temporary Redirect\r\nLocation: {active}{path}\r\nContent-Length: 0\r\n\r\n");
+                    if conn.write_all(reply.as_bytes()).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    let mut config = bao.config("kv2", KvVersion::V2, &role, &secret);
+    if let KeystoreConfig::Vault(v) = &mut config {
+        v.endpoint = standby;
+    }
+    let store = kes_adapters::store::open(&config).expect("login follows the redirect").store;
+    let name = kes_core::KeyName::parse("via-standby").unwrap();
+    let value = kes_core::crypto::SecretBytes::new(b"v".to_vec());
+    assert!(store.execute(kes_core::Command::Create { name: name.clone(), value }).is_ok());
+    assert!(matches!(
+        store.execute(kes_core::Command::Get { name }),
+        Ok(kes_core::StoreReply::Value(_))
+    ));
+    assert!(redirected.load(std::sync::atomic::Ordering::Relaxed) >= 3, "went through the standby");
+    assert_eq!(
+        bao.call("GET", "/v1/kv2/data/kes/via-standby", None).0,
+        200,
+        "written on the active node"
+    );
+}

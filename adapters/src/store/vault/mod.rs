@@ -47,6 +47,8 @@ pub struct VaultStore {
 
 struct Inner {
     http: Arc<HttpsClient>,
+    /// Clients for the nodes standbys redirect to, by `scheme://authority`.
+    redirects: Mutex<std::collections::HashMap<String, Arc<HttpsClient>>>,
     config: VaultConfig,
     paths: Paths,
     token: RwLock<Zeroizing<String>>,
@@ -69,6 +71,7 @@ impl VaultStore {
             .map_err(|e| format!("keystore.vault: {e}"))?;
         let inner = Arc::new(Inner {
             http,
+            redirects: Mutex::new(std::collections::HashMap::new()),
             paths: Paths::new(config),
             config: config.clone(),
             token: RwLock::new(Zeroizing::new(String::new())),
@@ -222,7 +225,7 @@ impl Inner {
     /// backoff.
     async fn send(
         &self,
-        make: impl Fn() -> HttpRequest,
+        make: impl Fn() -> HttpRequest + Sync,
         idempotent: bool,
     ) -> Result<HttpResponse, StoreError> {
         let mut relogged = false;
@@ -230,8 +233,8 @@ impl Inner {
         loop {
             attempt += 1;
             let last = attempt >= ATTEMPTS;
-            let req = self.with_token(make());
-            match self.http.send(&req, REQUEST_TIMEOUT).await {
+            let answer = self.exchange(&|| self.with_token(make())).await;
+            match answer {
                 Ok(r) if r.status == 403 && !relogged => {
                     relogged = true;
                     self.life.lock().unwrap_or_else(|p| p.into_inner()).rejected(Instant::now());
@@ -256,6 +259,42 @@ impl Inner {
         }
     }
 
+    /// One request; a standby's 307 is followed once to the node it names,
+    /// as Vault's own client does.
+    async fn exchange(
+        &self,
+        make: &(dyn Fn() -> HttpRequest + Sync),
+    ) -> Result<HttpResponse, HttpError> {
+        let r = self.http.send(&make(), REQUEST_TIMEOUT).await?;
+        if r.status != 307 {
+            return Ok(r);
+        }
+        let Some((base, path)) = r.location.as_deref().and_then(proto::split_location) else {
+            return Ok(r);
+        };
+        let Ok(client) = self.client_for(base) else { return Ok(r) };
+        let mut again = make();
+        again.path = path.to_owned();
+        client.send(&again, REQUEST_TIMEOUT).await
+    }
+
+    /// A client for another node of the cluster, with the same TLS setup.
+    fn client_for(&self, base: &str) -> Result<Arc<HttpsClient>, String> {
+        let mut map = self.redirects.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(c) = map.get(base) {
+            return Ok(c.clone());
+        }
+        let ca = self.config.tls_ca.as_deref().map(std::path::Path::new);
+        let cert = self
+            .config
+            .tls_cert
+            .as_ref()
+            .map(|(c, k)| (std::path::Path::new(c.as_str()), std::path::Path::new(k.as_str())));
+        let client = HttpsClient::new(base, ca, cert)?;
+        map.insert(base.to_owned(), client.clone());
+        Ok(client)
+    }
+
     fn with_token(&self, mut req: HttpRequest) -> HttpRequest {
         let token = self.token.read().unwrap_or_else(|p| p.into_inner());
         req = req.header("X-Vault-Token", &token);
@@ -277,12 +316,9 @@ impl Inner {
             }
         }
         let jwt = self.kubernetes_jwt()?;
-        let req = proto::login_request(
-            &self.config.auth,
-            &self.config.namespace,
-            jwt.as_deref().map(|s| s.as_str()),
-        );
-        let result = match self.http.send(&req, REQUEST_TIMEOUT).await {
+        let jwt = jwt.as_deref().map(|s| s.as_str());
+        let login = || proto::login_request(&self.config.auth, &self.config.namespace, jwt);
+        let result = match self.exchange(&login).await {
             Ok(r) => proto::token_result(&r),
             Err(e) => Err(unreachable(e)),
         };

@@ -128,6 +128,14 @@ pub fn failure(what: &str, r: &HttpResponse) -> StoreError {
     }
 }
 
+/// A redirect's `Location` as `scheme://authority` and path (with query).
+pub fn split_location(location: &str) -> Option<(&str, &str)> {
+    let scheme_end = location.find("://")? + 3;
+    let path_start = location[scheme_end..].find('/').map(|i| scheme_end + i)?;
+    let (base, path) = location.split_at(path_start);
+    (base.starts_with("https://") || base.starts_with("http://")).then_some((base, path))
+}
+
 /// Whether a failure may succeed if tried again (transient).
 pub fn transient(r: &HttpResponse) -> bool {
     r.status == 307 || r.status == 429 || r.status >= 500
@@ -441,6 +449,17 @@ mod tests {
             Ok::<_, StoreError>(StoreReply::Names(vec!["a".into(), "b".into()]))
         );
         assert!(list_result(&resp(403, r#"{"errors":["permission denied"]}"#)).is_err());
+    }
+
+    #[test]
+    fn redirect_locations() {
+        assert_eq!(
+            split_location("https://10.0.0.2:8200/v1/kv/data/k?version=1"),
+            Some(("https://10.0.0.2:8200", "/v1/kv/data/k?version=1"))
+        );
+        assert_eq!(split_location("/v1/relative"), None);
+        assert_eq!(split_location("ftp://x/y"), None);
+        assert_eq!(split_location("https://host-only"), None);
     }
 
     #[test]
