@@ -18,6 +18,40 @@ use kes_core::{Command, StoreError, StoreReply};
 /// A command in flight to a remote store.
 pub type StoreFuture = Pin<Box<dyn Future<Output = Result<StoreReply, StoreError>> + Send>>;
 
+/// What a remote store (Vault, AWS, ...) implements: one command as one
+/// async call. [`RemoteStore`] makes it a [`KeyStore`].
+pub trait Remote: Send + Sync + 'static {
+    /// Runs one command against the remote service.
+    fn call(&self, cmd: Command) -> impl Future<Output = Result<StoreReply, StoreError>> + Send;
+}
+
+/// A remote store as a [`KeyStore`]: each command runs as its own task
+/// (many in flight, none holding a thread); `execute` blocks on one, for
+/// start-up and `kes migrate`.
+pub struct RemoteStore<T>(std::sync::Arc<T>);
+
+impl<T: Remote> RemoteStore<T> {
+    /// Wraps a connected remote store.
+    pub fn new(inner: std::sync::Arc<T>) -> Self {
+        Self(inner)
+    }
+}
+
+impl<T: Remote> KeyStore for RemoteStore<T> {
+    fn execute(&self, cmd: Command) -> Result<StoreReply, StoreError> {
+        smol::block_on(self.0.call(cmd))
+    }
+
+    fn blocks(&self) -> bool {
+        true
+    }
+
+    fn execute_async(&self, cmd: Command) -> Result<StoreFuture, Command> {
+        let inner = self.0.clone();
+        Ok(Box::pin(async move { inner.call(cmd).await }))
+    }
+}
+
 /// A key store. `execute` may block (the fs store does); the driver runs
 /// blocking stores on smol's blocking pool.
 pub trait KeyStore: Send + Sync + 'static {
@@ -75,7 +109,7 @@ pub fn open(config: &kes_core::config::KeystoreConfig) -> Result<Opened, String>
                 kes_core::config::KvVersion::V2 => "v2",
             };
             let label = format!("vault {} (K/V {kv} at '{}')", v.endpoint, v.engine);
-            Ok(Opened { store: Arc::new(s), label, notes })
+            Ok(Opened { store: Arc::new(s.into_store()), label, notes })
         }
         KeystoreConfig::Aws(a) => {
             let s = AwsStore::connect(a, &|name| std::env::var(name).ok())?;
@@ -87,7 +121,7 @@ pub fn open(config: &kes_core::config::KeystoreConfig) -> Result<Opened, String>
                 ));
             }
             let label = format!("AWS Secrets Manager {} ({})", a.endpoint, a.region);
-            Ok(Opened { store: Arc::new(s), label, notes })
+            Ok(Opened { store: Arc::new(s.into_store()), label, notes })
         }
     }
 }

@@ -15,7 +15,7 @@ use kes_core::config::AwsConfig;
 use kes_core::{Command, StoreError, StoreReply};
 use zeroize::Zeroizing;
 
-use super::{KeyStore, StoreFuture};
+use super::{Remote, RemoteStore};
 use crate::https::{HttpError, HttpRequest, HttpResponse, HttpsClient};
 
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
@@ -82,29 +82,25 @@ impl AwsStore {
         Ok(Self { inner })
     }
 
+    /// The store, ready for the server.
+    pub fn into_store(self) -> RemoteStore<impl Remote> {
+        RemoteStore::new(self.inner)
+    }
+
     /// Whether the endpoint is plain HTTP.
     pub fn is_plaintext(&self) -> bool {
         self.inner.http.is_plaintext()
     }
 }
 
-impl KeyStore for AwsStore {
-    fn execute(&self, cmd: Command) -> Result<StoreReply, StoreError> {
-        smol::block_on(self.inner.call(cmd))
-    }
-
-    fn blocks(&self) -> bool {
-        true
-    }
-
-    fn execute_async(&self, cmd: Command) -> Result<StoreFuture, Command> {
-        let inner = self.inner.clone();
-        Ok(Box::pin(async move { inner.call(cmd).await }))
+impl Remote for Inner {
+    async fn call(&self, cmd: Command) -> Result<StoreReply, StoreError> {
+        self.run(cmd).await
     }
 }
 
 impl Inner {
-    async fn call(&self, cmd: Command) -> Result<StoreReply, StoreError> {
+    async fn run(&self, cmd: Command) -> Result<StoreReply, StoreError> {
         match cmd {
             Command::Create { name, value } => {
                 let body =

@@ -25,7 +25,7 @@ use kes_core::crypto::SecretBytes;
 use kes_core::{Command, StoreError, StoreReply};
 use zeroize::Zeroizing;
 
-use super::{KeyStore, StoreFuture};
+use super::{Remote, RemoteStore};
 use crate::https::{HttpError, HttpRequest, HttpResponse, HttpsClient};
 use proto::Paths;
 use token::{Action, TokenLife};
@@ -86,24 +86,14 @@ impl VaultStore {
         Ok(Self { inner })
     }
 
+    /// The store, ready for the server.
+    pub fn into_store(self) -> RemoteStore<impl Remote> {
+        RemoteStore::new(self.inner)
+    }
+
     /// Whether the endpoint is plain HTTP (worth a start-up warning).
     pub fn is_plaintext(&self) -> bool {
         self.inner.http.is_plaintext()
-    }
-}
-
-impl KeyStore for VaultStore {
-    fn execute(&self, cmd: Command) -> Result<StoreReply, StoreError> {
-        smol::block_on(self.inner.call(cmd))
-    }
-
-    fn blocks(&self) -> bool {
-        true
-    }
-
-    fn execute_async(&self, cmd: Command) -> Result<StoreFuture, Command> {
-        let inner = self.inner.clone();
-        Ok(Box::pin(async move { inner.call(cmd).await }))
     }
 }
 
@@ -134,8 +124,14 @@ fn unreachable(e: HttpError) -> StoreError {
     StoreError::Unreachable(format!("vault: {e}"))
 }
 
-impl Inner {
+impl Remote for Inner {
     async fn call(&self, cmd: Command) -> Result<StoreReply, StoreError> {
+        self.run(cmd).await
+    }
+}
+
+impl Inner {
+    async fn run(&self, cmd: Command) -> Result<StoreReply, StoreError> {
         if let Command::Status = cmd {
             return self.status().await;
         }

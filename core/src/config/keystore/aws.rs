@@ -41,12 +41,9 @@ pub(super) fn read(v: &serde_yaml::Value) -> Option<Result<KeystoreConfig, Confi
 
 #[cfg(test)]
 mod tests {
-    use crate::config::{Config, KeystoreConfig};
+    use crate::config::KeystoreConfig;
 
-    fn parse(keystore: &str) -> Result<Config, crate::config::ConfigError> {
-        let admin = "3ecfcdf38fcbe141ae26a1030f81e96b753365a46760ae6b578698a97c59fd22";
-        Config::parse(&format!("admin:\n  identity: {admin}\nkeystore:\n{keystore}"), &|_| None)
-    }
+    use super::super::parse_with_keystore as parse;
 
     #[test]
     fn section() {

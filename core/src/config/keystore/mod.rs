@@ -75,3 +75,10 @@ fn read(
 fn lookup<'a>(v: &'a serde_yaml::Value, path: &[&str]) -> Option<&'a serde_yaml::Value> {
     path.iter().try_fold(v, |v, k| v.get(*k))
 }
+
+/// A config with only an admin and this `keystore:` body, for the section tests.
+#[cfg(test)]
+fn parse_with_keystore(keystore: &str) -> Result<super::Config, ConfigError> {
+    let admin = "3ecfcdf38fcbe141ae26a1030f81e96b753365a46760ae6b578698a97c59fd22";
+    super::Config::parse(&format!("admin:\n  identity: {admin}\nkeystore:\n{keystore}"), &|_| None)
+}
