@@ -126,6 +126,12 @@ impl KeyCache {
         self.entries.is_empty()
     }
 
+    /// Whether, with the store unreachable, cached keys would still serve:
+    /// offline caching is on and holds keys (fresh or kept aside).
+    pub fn serves_offline(&self) -> bool {
+        !self.cfg.offline.is_zero() && (!self.entries.is_empty() || !self.stale.is_empty())
+    }
+
     /// Whether the store is currently considered unreachable.
     pub fn is_offline(&self) -> bool {
         self.offline

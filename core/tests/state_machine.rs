@@ -571,3 +571,23 @@ fn status_and_ready_follow_the_store() {
     );
     assert!(v.get("keystore_latency").is_none());
 }
+
+/// With offline caching and keys in the cache, a node whose store is down
+/// can still serve, so it stays ready; an empty cache cannot.
+#[test]
+fn ready_while_the_cache_can_serve_offline() {
+    let mut config = Config::empty();
+    config.cache.offline = Duration::from_secs(600);
+    let mut h = start(config);
+    h.store.unreachable = true;
+    let r = call(&mut h, Method::GET, "/v1/ready", Value::Null);
+    assert_eq!(r.status, StatusCode::GATEWAY_TIMEOUT, "nothing cached: cannot serve");
+    h.store.unreachable = false;
+    call(&mut h, Method::POST, "/v1/key/create/k", Value::Null);
+    call(&mut h, Method::POST, "/v1/key/generate/k", Value::Null);
+    h.store.unreachable = true;
+    let r = call(&mut h, Method::GET, "/v1/ready", Value::Null);
+    assert_eq!(r.status, StatusCode::OK, "cached keys serve while the store is down");
+    let r = call(&mut h, Method::POST, "/v1/key/generate/k", Value::Null);
+    assert_eq!(r.status, StatusCode::OK);
+}

@@ -65,6 +65,9 @@ impl Server {
         self.complete(req, r, now);
     }
 
+    /// Ready means this node can serve: the store answers, or it does not
+    /// but offline caching holds keys to serve from (scale-out.md), so a
+    /// load balancer keeps sending the requests it can answer.
     pub(super) fn ready_result(
         &mut self,
         req: RequestId,
@@ -76,7 +79,14 @@ impl Server {
                 self.cache.set_offline(false, now.instant);
                 Ok(Response::empty(StatusCode::OK))
             }
-            Err(StoreError::Unreachable(_)) => Err(ApiError::StoreUnreachable),
+            Err(StoreError::Unreachable(_)) => {
+                self.cache.set_offline(true, now.instant);
+                if self.cache.serves_offline() {
+                    Ok(Response::empty(StatusCode::OK))
+                } else {
+                    Err(ApiError::StoreUnreachable)
+                }
+            }
             _ => Err(ApiError::StoreUnavailable),
         };
         self.complete(req, r, now);

@@ -10,7 +10,10 @@
 //! when it cannot be renewed or Vault answers 403. Vault's seal status is
 //! polled every `status.ping`; while sealed, key calls fail at once.
 //! Transient failures (5xx, standby redirects, lost connections) of
-//! idempotent calls are retried with backoff.
+//! idempotent calls are retried with backoff for up to [`RETRY_BUDGET`]
+//! (a leader election takes seconds). `endpoint` may list several nodes,
+//! comma-separated (an extension of KES's single endpoint): a node that
+//! cannot be reached, or is sealed, hands over to the next.
 
 pub mod proto;
 mod token;
@@ -32,10 +35,12 @@ use token::{Action, TokenLife};
 
 /// Deadline of one HTTP request to Vault.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
-/// Attempts of an idempotent call before giving up.
-const ATTEMPTS: u32 = 4;
-/// First pause between attempts; doubles each time.
+/// How long a call keeps retrying transient failures; inside the routes'
+/// 15 s deadline, longer than a Vault leader election (~5 s measured).
+const RETRY_BUDGET: Duration = Duration::from_secs(10);
+/// First pause between attempts; doubles up to [`MAX_BACKOFF`].
 const BACKOFF: Duration = Duration::from_millis(100);
+const MAX_BACKOFF: Duration = Duration::from_secs(1);
 /// How often the background task looks at the token and the seal status.
 const TICK: Duration = Duration::from_secs(1);
 
@@ -46,7 +51,10 @@ pub struct VaultStore {
 }
 
 struct Inner {
-    http: Arc<HttpsClient>,
+    /// One client per configured node.
+    nodes: Vec<Arc<HttpsClient>>,
+    /// The node in use (modulo the count); moves on when one fails.
+    current: std::sync::atomic::AtomicUsize,
     /// Clients for the nodes standbys redirect to, by `scheme://authority`.
     redirects: Mutex<std::collections::HashMap<String, Arc<HttpsClient>>>,
     config: VaultConfig,
@@ -54,6 +62,9 @@ struct Inner {
     token: RwLock<Zeroizing<String>>,
     life: Mutex<TokenLife>,
     sealed: AtomicBool,
+    /// The last health poll reached no node: calls try once instead of
+    /// retrying for seconds, so a long outage fails fast.
+    down: AtomicBool,
     /// One login at a time; others wait for it and use its token.
     login: smol::lock::Mutex<()>,
 }
@@ -67,16 +78,26 @@ impl VaultStore {
             .tls_cert
             .as_ref()
             .map(|(c, k)| (std::path::Path::new(c.as_str()), std::path::Path::new(k.as_str())));
-        let http = HttpsClient::new(&config.endpoint, ca, cert)
-            .map_err(|e| format!("keystore.vault: {e}"))?;
+        let nodes = config
+            .endpoint
+            .split(',')
+            .map(str::trim)
+            .filter(|e| !e.is_empty())
+            .map(|e| HttpsClient::new(e, ca, cert).map_err(|e| format!("keystore.vault: {e}")))
+            .collect::<Result<Vec<_>, _>>()?;
+        if nodes.is_empty() {
+            return Err("keystore.vault: no endpoint".into());
+        }
         let inner = Arc::new(Inner {
-            http,
+            nodes,
+            current: std::sync::atomic::AtomicUsize::new(0),
             redirects: Mutex::new(std::collections::HashMap::new()),
             paths: Paths::new(config),
             config: config.clone(),
             token: RwLock::new(Zeroizing::new(String::new())),
             life: Mutex::new(TokenLife::obtained(Instant::now(), Duration::ZERO, false)),
             sealed: AtomicBool::new(false),
+            down: AtomicBool::new(false),
             login: smol::lock::Mutex::new(()),
         });
         smol::block_on(inner.login())
@@ -93,7 +114,7 @@ impl VaultStore {
 
     /// Whether the endpoint is plain HTTP (worth a start-up warning).
     pub fn is_plaintext(&self) -> bool {
-        self.inner.http.is_plaintext()
+        self.inner.nodes.iter().any(|n| n.is_plaintext())
     }
 }
 
@@ -177,6 +198,20 @@ impl Inner {
         };
         let body = Zeroizing::new(proto::create_body(kv, name, stored)?);
         let put = || HttpRequest::new("PUT", self.paths.data(name)).json(body.to_vec());
+        if kv == KvVersion::V2 {
+            // cas: 0 makes a repeated write harmless, so v2 creates are
+            // retried like reads; "exists" after that may be our own
+            // earlier attempt, which reading back tells (key values are
+            // random, so equal means ours).
+            let r = self.send(put, true).await?;
+            return match proto::create_result(&r) {
+                Err(StoreError::Exists) => match self.get_stored(name).await {
+                    Ok(StoreReply::Value(v)) if v == *stored => Ok(StoreReply::Created),
+                    _ => Err(StoreError::Exists),
+                },
+                other => other,
+            };
+        }
         match self.send(put, false).await {
             Ok(r) => proto::create_result(&r),
             Err(first) => match self.get_stored(name).await {
@@ -225,33 +260,50 @@ impl Inner {
         idempotent: bool,
     ) -> Result<HttpResponse, StoreError> {
         let mut relogged = false;
-        let mut attempt = 0;
+        let budget = if self.down.load(Ordering::Relaxed) { Duration::ZERO } else { RETRY_BUDGET };
+        let until = Instant::now() + budget;
+        let mut pause = BACKOFF;
         loop {
-            attempt += 1;
-            let last = attempt >= ATTEMPTS;
+            let last = Instant::now() + pause >= until;
             let answer = self.exchange(&|| self.with_token(make())).await;
             match answer {
                 Ok(r) if r.status == 403 && !relogged => {
                     relogged = true;
                     self.life.lock().unwrap_or_else(|p| p.into_inner()).rejected(Instant::now());
                     self.login().await?;
-                    attempt -= 1;
+                    continue;
                 }
                 Ok(r) if r.status == 503 && proto::errors(&r.body).contains("sealed") => {
-                    self.sealed.store(true, Ordering::Relaxed);
-                    return Ok(r);
+                    // Another node may serve; with one node, fail fast.
+                    if self.nodes.len() == 1 || last {
+                        self.sealed.store(self.nodes.len() == 1, Ordering::Relaxed);
+                        return Ok(r);
+                    }
+                    self.next_node();
                 }
                 Ok(r) if idempotent && !last && proto::transient(&r) => {}
                 Ok(r) => return Ok(r),
                 // Nothing was sent: safe to try again, whatever the call.
                 Err(e @ HttpError::Connect(_)) if last => return Err(unreachable(e)),
                 Err(HttpError::Connect(_)) => {}
-                Err(e) if idempotent && !last => {
-                    let _ = e;
-                }
+                Err(_) if idempotent && !last => {}
                 Err(e) => return Err(unreachable(e)),
             }
-            Timer::after(BACKOFF * 2u32.pow(attempt.saturating_sub(1))).await;
+            Timer::after(pause).await;
+            pause = (pause * 2).min(MAX_BACKOFF);
+        }
+    }
+
+    /// The node in use.
+    fn node(&self) -> Arc<HttpsClient> {
+        let i = self.current.load(Ordering::Relaxed);
+        self.nodes[i % self.nodes.len()].clone()
+    }
+
+    /// Moves on to the next node (no effect with one).
+    fn next_node(&self) {
+        if self.nodes.len() > 1 {
+            self.current.fetch_add(1, Ordering::Relaxed);
         }
     }
 
@@ -261,7 +313,16 @@ impl Inner {
         &self,
         make: &(dyn Fn() -> HttpRequest + Sync),
     ) -> Result<HttpResponse, HttpError> {
-        let r = self.http.send(&make(), REQUEST_TIMEOUT).await?;
+        let r = match self.node().send(&make(), REQUEST_TIMEOUT).await {
+            Ok(r) => {
+                self.down.store(false, Ordering::Relaxed);
+                r
+            }
+            Err(e) => {
+                self.next_node(); // unreachable or failed: try another next time
+                return Err(e);
+            }
+        };
         if r.status != 307 {
             return Ok(r);
         }
@@ -356,7 +417,7 @@ impl Inner {
                 .json(br#"{"increment":0}"#.to_vec()),
         );
         let now = Instant::now();
-        match self.http.send(&req, REQUEST_TIMEOUT).await.map(|r| proto::token_result(&r)) {
+        match self.node().send(&req, REQUEST_TIMEOUT).await.map(|r| proto::token_result(&r)) {
             Ok(Ok(t)) => {
                 *self.token.write().unwrap_or_else(|p| p.into_inner()) = t.token;
                 self.life.lock().unwrap_or_else(|p| p.into_inner()).renewed(
@@ -375,14 +436,31 @@ impl Inner {
     /// Polls health (never with the namespace header: Vault refuses it
     /// there) and records whether Vault is sealed.
     async fn ping(&self) -> Result<proto::Health, StoreError> {
-        let r = self
-            .http
-            .send(&HttpRequest::new("GET", proto::HEALTH.into()), REQUEST_TIMEOUT)
-            .await
-            .map_err(unreachable)?;
-        let health = proto::health_result(&r)?;
-        self.sealed.store(!health.serving(), Ordering::Relaxed);
-        Ok(health)
+        // Look at each node at most once, starting with the one in use,
+        // until one serves; sealed means none does.
+        let mut last = Err(StoreError::Unreachable("vault: no endpoint".into()));
+        for _ in 0..self.nodes.len() {
+            let answer = self
+                .node()
+                .send(&HttpRequest::new("GET", proto::HEALTH.into()), REQUEST_TIMEOUT)
+                .await
+                .map_err(unreachable)
+                .and_then(|r| proto::health_result(&r));
+            match answer {
+                Ok(h) if h.serving() => {
+                    self.sealed.store(false, Ordering::Relaxed);
+                    self.down.store(false, Ordering::Relaxed);
+                    return Ok(h);
+                }
+                other => last = other,
+            }
+            self.next_node();
+        }
+        match &last {
+            Ok(h) => self.sealed.store(!h.serving(), Ordering::Relaxed),
+            Err(_) => self.down.store(true, Ordering::Relaxed),
+        }
+        last
     }
 
     async fn status(&self) -> Result<StoreReply, StoreError> {

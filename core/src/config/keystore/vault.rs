@@ -25,10 +25,13 @@ fn parse(
     text: &dyn Fn(&[&str]) -> String,
 ) -> Result<KeystoreConfig, ConfigError> {
     let or = |s: String, default: &str| if s.is_empty() { default.to_owned() } else { s };
-    if !endpoint.starts_with("https://") && !endpoint.starts_with("http://") {
-        return Err(ConfigError::new(format!(
-            "keystore.vault.endpoint '{endpoint}' must start with https:// (or http://)"
-        )));
+    // Several nodes may be listed, comma-separated (an extension of KES).
+    for e in endpoint.split(',').map(str::trim) {
+        if !e.starts_with("https://") && !e.starts_with("http://") {
+            return Err(ConfigError::new(format!(
+                "keystore.vault.endpoint '{e}' must start with https:// (or http://)"
+            )));
+        }
     }
     let kv = match text(&["version"]).as_str() {
         "" | "v1" | "1" => KvVersion::V1,
@@ -63,7 +66,11 @@ fn parse(
         }
     };
     Ok(KeystoreConfig::Vault(Box::new(VaultConfig {
-        endpoint: endpoint.trim_end_matches('/').to_owned(),
+        endpoint: endpoint
+            .split(',')
+            .map(|e| e.trim().trim_end_matches('/'))
+            .collect::<Vec<_>>()
+            .join(","),
         engine: or(text(&["engine"]), "kv").trim_matches('/').to_owned(),
         kv,
         namespace: text(&["namespace"]),
