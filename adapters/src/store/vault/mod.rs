@@ -263,9 +263,14 @@ impl Inner {
         let budget = if self.down.load(Ordering::Relaxed) { Duration::ZERO } else { RETRY_BUDGET };
         let until = Instant::now() + budget;
         let mut pause = BACKOFF;
+        // Every node refusing connections is an outage, not an election:
+        // give up at once instead of retrying for the whole budget. Each
+        // node is tried once even when the last poll found none.
+        let mut refused = vec![false; self.nodes.len()];
         loop {
             let last = Instant::now() + pause >= until;
-            let answer = self.exchange(&|| self.with_token(make())).await;
+            let i = self.current.load(Ordering::Relaxed);
+            let answer = self.exchange(i, &|| self.with_token(make())).await;
             match answer {
                 Ok(r) if r.status == 403 && !relogged => {
                     relogged = true;
@@ -284,8 +289,14 @@ impl Inner {
                 Ok(r) if idempotent && !last && proto::transient(&r) => {}
                 Ok(r) => return Ok(r),
                 // Nothing was sent: safe to try again, whatever the call.
-                Err(e @ HttpError::Connect(_)) if last => return Err(unreachable(e)),
-                Err(HttpError::Connect(_)) => {}
+                Err(e @ HttpError::Connect(_)) => {
+                    refused[i % self.nodes.len()] = true;
+                    if refused.iter().all(|r| *r) {
+                        self.down.store(true, Ordering::Relaxed);
+                        return Err(unreachable(e));
+                    }
+                    continue;
+                }
                 Err(_) if idempotent && !last => {}
                 Err(e) => return Err(unreachable(e)),
             }
@@ -302,8 +313,14 @@ impl Inner {
 
     /// Moves on to the next node (no effect with one).
     fn next_node(&self) {
+        self.advance_from(self.current.load(Ordering::Relaxed));
+    }
+
+    /// Moves past node `i` if it is still the one in use, so concurrent
+    /// failures of one node move on once, not once each.
+    fn advance_from(&self, i: usize) {
         if self.nodes.len() > 1 {
-            self.current.fetch_add(1, Ordering::Relaxed);
+            let _ = self.current.compare_exchange(i, i + 1, Ordering::Relaxed, Ordering::Relaxed);
         }
     }
 
@@ -311,15 +328,18 @@ impl Inner {
     /// as Vault's own client does.
     async fn exchange(
         &self,
+        i: usize,
         make: &(dyn Fn() -> HttpRequest + Sync),
     ) -> Result<HttpResponse, HttpError> {
-        let r = match self.node().send(&make(), REQUEST_TIMEOUT).await {
+        let node = self.nodes[i % self.nodes.len()].clone();
+        let r = match node.send(&make(), REQUEST_TIMEOUT).await {
             Ok(r) => {
                 self.down.store(false, Ordering::Relaxed);
                 r
             }
             Err(e) => {
-                self.next_node(); // unreachable or failed: try another next time
+                // This node failed: move on, unless another call already did.
+                self.advance_from(i);
                 return Err(e);
             }
         };
@@ -375,7 +395,7 @@ impl Inner {
         let jwt = self.kubernetes_jwt()?;
         let jwt = jwt.as_deref().map(|s| s.as_str());
         let login = || proto::login_request(&self.config.auth, &self.config.namespace, jwt);
-        let result = match self.exchange(&login).await {
+        let result = match self.exchange(self.current.load(Ordering::Relaxed), &login).await {
             Ok(r) => proto::token_result(&r),
             Err(e) => Err(unreachable(e)),
         };

