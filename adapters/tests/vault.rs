@@ -800,3 +800,49 @@ fn standby_redirects_are_followed() {
         "written on the active node"
     );
 }
+
+/// Two kes nodes on one Vault: a key created through A works through B at
+/// once (B's cache misses and fetches it); a key deleted through A stops
+/// working on B no later than B's cache.any.
+#[test]
+fn nodes_share_keys_and_deletes_reach_others_within_cache_any() {
+    let bao = Bao::start();
+    let (role, secret) = bao.setup("1h", "24h");
+    let any = Duration::from_secs(2);
+    let edit = |cfg: &mut kes_core::Config| {
+        cfg.keystore = bao.config("kv2", KvVersion::V2, &role, &secret);
+        cfg.cache.any = any;
+    };
+    let (pki, admin, a_server, a) = admin_server(edit);
+    let mut config = config_with_admin(&admin);
+    edit(&mut config);
+    let b_server = pki.start(config);
+    let b = Client::new(&pki, Some(&admin), b_server.addr());
+    assert_eq!(a.call("PUT", "/v1/key/create/shared", b"").unwrap().status, 200);
+    assert_eq!(
+        b.json("PUT", "/v1/key/generate/shared", json!({})).status,
+        200,
+        "usable on B at once"
+    );
+    assert_eq!(a.call("DELETE", "/v1/key/delete/shared", b"").unwrap().status, 200);
+    assert_eq!(
+        a.json("PUT", "/v1/key/generate/shared", json!({})).status,
+        404,
+        "gone on A at once"
+    );
+    let deleted = Instant::now();
+    loop {
+        let r = b.json("PUT", "/v1/key/generate/shared", json!({}));
+        if r.status == 404 {
+            break;
+        }
+        assert_eq!(r.status, 200);
+        assert!(
+            deleted.elapsed() <= any + Duration::from_millis(500),
+            "B still serves a deleted key after cache.any"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    a_server.stop();
+    b_server.stop();
+}

@@ -291,6 +291,9 @@ http {{
             "peak_rss_mib": rss_kib as f64 / 1024.0,
         }));
     }
+    if let Some(v) = &vault {
+        results.push(fleet_scenario(v, &pki, secs, conns, tick, generate_body)?);
+    }
     let nginx_ka = results
         .iter()
         .find(|r| r["server"] == "nginx" && r["keepalive"] == true)
@@ -367,6 +370,8 @@ struct VaultSetup {
     kes: Proc,
     bao_url: String,
     kes_url: String,
+    /// Two more kes nodes on the same OpenBao, for the three-node figure.
+    fleet: Vec<(Proc, String)>,
 }
 
 impl VaultSetup {
@@ -422,33 +427,18 @@ impl VaultSetup {
             }
             std::thread::sleep(Duration::from_millis(100));
         }
-        let kes_port = free_port();
-        let config = format!(
-            "address: 127.0.0.1:{kes_port}\nadmin:\n  identity: {}\ntls:\n  key: {}\n  cert: {}\nlog:\n  error: on\n  audit: off\nkeystore:\n  vault:\n    endpoint: {bao_url}\n    engine: kv\n    version: v2\n    prefix: kes\n    approle:\n      id: bench\n      secret: bench\n",
-            pki.client_identity,
-            pki.server_key.display(),
-            pki.server_cert.display(),
-        );
-        std::fs::write(work.join("kes-vault.yml"), config).map_err(|e| e.to_string())?;
-        let mut child = Command::new(kes_bin)
-            .args(["server", "--config"])
-            .arg(work.join("kes-vault.yml"))
-            .current_dir(root)
-            .stderr(Stdio::piped())
-            .stdout(Stdio::null())
-            .spawn()
-            .map_err(|e| e.to_string())?;
-        let stderr = child.stderr.take().ok_or("no stderr")?;
-        let kes = Proc { child };
-        let mut lines = BufReader::new(stderr).lines();
-        loop {
-            let line = lines.next().ok_or("kes (vault) exited")?.map_err(|e| e.to_string())?;
-            if line.contains("listening on") {
-                break;
-            }
+        let (kes, kes_url) = spawn_vault_kes(work, root, kes_bin, pki, &bao_url, "kes-vault.yml")?;
+        let mut fleet = Vec::new();
+        for n in 2..=3 {
+            fleet.push(spawn_vault_kes(
+                work,
+                root,
+                kes_bin,
+                pki,
+                &bao_url,
+                &format!("kes-vault-{n}.yml"),
+            )?);
         }
-        std::thread::spawn(move || for _ in lines {});
-        let kes_url = format!("https://127.0.0.1:{kes_port}");
         let out = Command::new("curl")
             .args(["-sS", "--fail", "-k", "-X", "PUT"])
             .arg("--cert")
@@ -464,8 +454,139 @@ impl VaultSetup {
                 String::from_utf8_lossy(&out.stderr)
             ));
         }
-        Ok(Self { bao, kes, bao_url, kes_url })
+        Ok(Self { bao, kes, bao_url, kes_url, fleet })
     }
+}
+
+/// The same cached generate load spread over three kes nodes (one oha per
+/// node, a third of the connections each), all on this machine's 2 cores.
+fn fleet_scenario(
+    v: &VaultSetup,
+    pki: &Pki,
+    secs: u64,
+    conns: u32,
+    tick: f64,
+    body: &str,
+) -> Result<Value, String> {
+    let mut urls = vec![v.kes_url.clone()];
+    urls.extend(v.fleet.iter().map(|(_, u)| u.clone()));
+    let mut pids = vec![v.kes.child.id()];
+    pids.extend(v.fleet.iter().map(|(p, _)| p.child.id()));
+    let cpu_before: u64 = pids.iter().map(|p| cpu_ticks(*p)).sum();
+    eprintln!("loadbench: kes generate, 3 vault nodes ({conns} connections, {secs}s)");
+    let per = (conns / 3).max(1).to_string();
+    let runs: Vec<_> = urls
+        .iter()
+        .map(|url| {
+            Command::new("oha")
+                .args([
+                    "--no-tui",
+                    "--output-format",
+                    "json",
+                    "--insecure",
+                    "-z",
+                    &format!("{secs}s"),
+                    "-c",
+                    &per,
+                ])
+                .args(["-m", "PUT", "-d", body])
+                .arg("--cert")
+                .arg(&pki.client_cert)
+                .arg("--key")
+                .arg(&pki.client_key)
+                .arg(format!("{url}/v1/key/generate/bench"))
+                .stdout(Stdio::piped())
+                .spawn()
+        })
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("oha: {e}"))?;
+    let (mut ok, mut rps, mut p99, mut p50) = (0u64, 0.0, 0.0f64, 0.0f64);
+    for run in runs {
+        let out = run.wait_with_output().map_err(|e| e.to_string())?;
+        let r: Value =
+            serde_json::from_slice(&out.stdout).map_err(|e| format!("oha output: {e}"))?;
+        ok += r["statusCodeDistribution"]["200"].as_u64().unwrap_or(0);
+        rps += r["summary"]["requestsPerSec"].as_f64().unwrap_or(0.0);
+        p99 = p99.max(r["latencyPercentiles"]["p99"].as_f64().unwrap_or(0.0) * 1000.0);
+        p50 = p50.max(r["latencyPercentiles"]["p50"].as_f64().unwrap_or(0.0) * 1000.0);
+    }
+    let cpu_after: u64 = pids.iter().map(|p| cpu_ticks(*p)).sum();
+    let cpu_secs = cpu_after.saturating_sub(cpu_before) as f64 / tick;
+    let rss_kib: u64 = pids.iter().map(|p| status_kib(*p, "VmHWM:")).sum();
+    // The cache's effect: key reads that went to the store per request.
+    let mut misses = 0.0;
+    let mut served = 0.0;
+    for url in &urls {
+        let out = Command::new("curl")
+            .args(["-sS", "-k", "--cert"])
+            .arg(&pki.client_cert)
+            .arg("--key")
+            .arg(&pki.client_key)
+            .arg(format!("{url}/v1/metrics"))
+            .output()
+            .map_err(|e| e.to_string())?;
+        for line in String::from_utf8_lossy(&out.stdout).lines() {
+            let value =
+                |l: &str| l.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+            if line.starts_with("kes_cache_misses ") {
+                misses += value(line);
+            } else if line.starts_with("kes_http_request_success{") {
+                served += value(line);
+            }
+        }
+    }
+    eprintln!("loadbench: 3 vault nodes: {misses} store reads for {served} answered requests");
+    Ok(json!({
+        "store_reads_per_request": if served > 0.0 { misses / served } else { 0.0 },
+        "scenario": "kes generate, 3 vault nodes (cached)",
+        "server": "kes3",
+        "keepalive": true,
+        "requests": ok,
+        "errors": 0,
+        "rps": rps,
+        "p50_ms": p50,
+        "p99_ms": p99,
+        "cpu_us_per_request": if ok > 0 { cpu_secs * 1e6 / ok as f64 } else { 0.0 },
+        "peak_rss_mib": rss_kib as f64 / 1024.0,
+    }))
+}
+
+/// One more kes node on the OpenBao dev server.
+fn spawn_vault_kes(
+    work: &Path,
+    root: &Path,
+    kes_bin: &Path,
+    pki: &Pki,
+    bao_url: &str,
+    file: &str,
+) -> Result<(Proc, String), String> {
+    let kes_port = free_port();
+    let config = format!(
+            "address: 127.0.0.1:{kes_port}\nadmin:\n  identity: {}\ntls:\n  key: {}\n  cert: {}\nlog:\n  error: on\n  audit: off\nkeystore:\n  vault:\n    endpoint: {bao_url}\n    engine: kv\n    version: v2\n    prefix: kes\n    approle:\n      id: bench\n      secret: bench\n",
+            pki.client_identity,
+            pki.server_key.display(),
+            pki.server_cert.display(),
+        );
+    std::fs::write(work.join(file), config).map_err(|e| e.to_string())?;
+    let mut child = Command::new(kes_bin)
+        .args(["server", "--config"])
+        .arg(work.join(file))
+        .current_dir(root)
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .map_err(|e| e.to_string())?;
+    let stderr = child.stderr.take().ok_or("no stderr")?;
+    let kes = Proc { child };
+    let mut lines = BufReader::new(stderr).lines();
+    loop {
+        let line = lines.next().ok_or("kes (vault) exited")?.map_err(|e| e.to_string())?;
+        if line.contains("listening on") {
+            break;
+        }
+    }
+    std::thread::spawn(move || for _ in lines {});
+    Ok((kes, format!("https://127.0.0.1:{kes_port}")))
 }
 
 struct Pki {

@@ -42,13 +42,17 @@ impl Raw {
         let api = api(self.api.unwrap_or_default(), &mut warnings);
         let policies = policies(self.policy.unwrap_or_default(), &admin, &tls, &mut warnings)?;
         let (keys, keystore_value) = declared_keys(self.keys, self.keystore)?;
+        let cache = cache(self.cache);
+        if cache.any.is_zero() {
+            warnings.push("cache.expiry.any is 0: cached keys never expire, so a key deleted through another kes node keeps working on this one until it restarts".into());
+        }
         Ok(Config {
             address: text(self.address),
             admin,
             tls,
             api,
             policies,
-            cache: cache(self.cache),
+            cache,
             log: log(self.log.unwrap_or_default(), v1),
             keys,
             keystore: keystore::select(keystore_value.as_ref(), &mut warnings)?,
