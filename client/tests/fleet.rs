@@ -244,6 +244,19 @@ struct Tally {
     refused_creates: AtomicU32,
     /// Keys whose create got a 200: none may be lost.
     created: Mutex<Vec<String>>,
+    /// (when it started, how long it took) of every cached-key request.
+    latencies: Mutex<Vec<(Instant, Duration)>>,
+    /// The same for creates, which need Vault.
+    create_latencies: Mutex<Vec<(Instant, Duration)>>,
+}
+
+/// The 99th percentile of the latencies that started in [from, to).
+fn p99(all: &[(Instant, Duration)], from: Instant, to: Instant) -> (usize, Duration) {
+    let mut d: Vec<Duration> =
+        all.iter().filter(|(t, _)| *t >= from && *t < to).map(|(_, d)| *d).collect();
+    d.sort();
+    let n = d.len();
+    (n, d.get((n * 99 / 100).min(n.saturating_sub(1))).copied().unwrap_or_default())
 }
 
 #[test]
@@ -307,7 +320,10 @@ fn fleet_survives_leader_kill_node_loss_and_store_outage() {
                 while !stop.load(Ordering::Relaxed) {
                     i += 1;
                     // Cached key: must always work.
-                    match c.decrypt("shared", &ciphertext, b"") {
+                    let began = Instant::now();
+                    let answer = c.decrypt("shared", &ciphertext, b"");
+                    tally.latencies.lock().unwrap().push((began, began.elapsed()));
+                    match answer {
                         Ok(p) if p.as_slice() == plaintext.as_slice() => {
                             tally.ok.fetch_add(1, Ordering::Relaxed);
                         }
@@ -317,7 +333,10 @@ fn fleet_survives_leader_kill_node_loss_and_store_outage() {
                     if i % 5 == 0 {
                         let name = format!("w{w}-{i}");
                         let down = store_down.load(Ordering::Relaxed);
-                        match c.create_key(&name) {
+                        let began = Instant::now();
+                        let answer = c.create_key(&name);
+                        tally.create_latencies.lock().unwrap().push((began, began.elapsed()));
+                        match answer {
                             Ok(()) => {
                                 tally.ok.fetch_add(1, Ordering::Relaxed);
                                 tally.created.lock().unwrap().push(name);
@@ -337,10 +356,13 @@ fn fleet_survives_leader_kill_node_loss_and_store_outage() {
         .collect();
 
     // 1. The OpenBao leader dies.
+    let load_began = Instant::now();
     std::thread::sleep(Duration::from_secs(2));
     let leader = cluster.leader().unwrap();
+    let killed = Instant::now();
     cluster.kill(leader);
     wait("a new leader", Duration::from_secs(30), || cluster.leader().is_some());
+    let elected = Instant::now();
     std::thread::sleep(Duration::from_secs(2));
     // 2. One kes node goes away; clients fail over to the others.
     kes[0].take().unwrap().stop();
@@ -366,6 +388,19 @@ fn fleet_survives_leader_kill_node_loss_and_store_outage() {
         w.join().unwrap();
     }
 
+    let lat = tally.latencies.lock().unwrap().clone();
+    let (n0, before) = p99(&lat, load_began, killed);
+    let (n1, during) = p99(&lat, killed, elected + Duration::from_secs(1));
+    eprintln!(
+        "fleet: cached-key p99 {before:?} over {n0} requests before the leader was killed, {during:?} over {n1} during the election ({:?})",
+        elected - killed
+    );
+    let lat = tally.create_latencies.lock().unwrap().clone();
+    let (n0, before) = p99(&lat, load_began, killed);
+    let (n1, during) = p99(&lat, killed, elected + Duration::from_secs(1));
+    eprintln!(
+        "fleet: create p99 {before:?} over {n0} before, {during:?} over {n1} during the election"
+    );
     let failed = tally.failed.lock().unwrap().clone();
     let ok = tally.ok.load(Ordering::Relaxed);
     let refused = tally.refused_creates.load(Ordering::Relaxed);
