@@ -72,38 +72,10 @@ fn run() -> Result<(), String> {
         work.join("keys").display()
     );
     std::fs::write(work.join("kes.yml"), config).map_err(|e| e.to_string())?;
-    let mut kes = Command::new(&kes_bin)
-        .args(["server", "--config"])
-        .arg(work.join("kes.yml"))
-        .stderr(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .map_err(|e| format!("{}: {e}", kes_bin.display()))?;
-    let stderr = kes.stderr.take().ok_or("no stderr")?;
-    let kes = Proc { child: kes };
-    let mut lines = BufReader::new(stderr).lines();
-    loop {
-        let line = lines.next().ok_or("kes exited before listening")?.map_err(|e| e.to_string())?;
-        if line.contains("listening on") {
-            break;
-        }
-    }
-    std::thread::spawn(move || for _ in lines {});
+    let kes = spawn_kes(&kes_bin, &work.join("kes.yml"), &root)?;
     let kes_url = format!("https://127.0.0.1:{kes_port}");
-    let curl = |method: &str, path: &str, body: &str| -> Result<String, String> {
-        let out = Command::new("curl")
-            .args(["-sS", "--fail", "-k", "-X", method, "-d", body])
-            .arg("--cert")
-            .arg(&pki.client_cert)
-            .arg("--key")
-            .arg(&pki.client_key)
-            .arg(format!("{kes_url}{path}"))
-            .output()
-            .map_err(|e| e.to_string())?;
-        if !out.status.success() {
-            return Err(format!("curl {path}: {}", String::from_utf8_lossy(&out.stderr)));
-        }
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    let curl = |method: &str, path: &str, body: &str| {
+        kes_curl(&pki, method, &format!("{kes_url}{path}"), body)
     };
     curl("PUT", "/v1/key/create/bench", "")?;
     let generate_body = r#"{"context":"eyJidWNrZXQiOiJwaG90b3MifQ=="}"#;
@@ -439,21 +411,8 @@ impl VaultSetup {
                 &format!("kes-vault-{n}.yml"),
             )?);
         }
-        let out = Command::new("curl")
-            .args(["-sS", "--fail", "-k", "-X", "PUT"])
-            .arg("--cert")
-            .arg(&pki.client_cert)
-            .arg("--key")
-            .arg(&pki.client_key)
-            .arg(format!("{kes_url}/v1/key/create/bench"))
-            .output()
-            .map_err(|e| e.to_string())?;
-        if !out.status.success() {
-            return Err(format!(
-                "create on the vault store: {}",
-                String::from_utf8_lossy(&out.stderr)
-            ));
-        }
+        kes_curl(pki, "PUT", &format!("{kes_url}/v1/key/create/bench"), "")
+            .map_err(|e| format!("create on the vault store: {e}"))?;
         Ok(Self { bao, kes, bao_url, kes_url, fleet })
     }
 }
@@ -517,15 +476,8 @@ fn fleet_scenario(
     let mut misses = 0.0;
     let mut served = 0.0;
     for url in &urls {
-        let out = Command::new("curl")
-            .args(["-sS", "-k", "--cert"])
-            .arg(&pki.client_cert)
-            .arg("--key")
-            .arg(&pki.client_key)
-            .arg(format!("{url}/v1/metrics"))
-            .output()
-            .map_err(|e| e.to_string())?;
-        for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let text = kes_curl(pki, "GET", &format!("{url}/v1/metrics"), "")?;
+        for line in text.lines() {
             let value =
                 |l: &str| l.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
             if line.starts_with("kes_cache_misses ") {
@@ -551,6 +503,50 @@ fn fleet_scenario(
     }))
 }
 
+/// Starts `kes server --config <config>` and waits until it listens.
+fn spawn_kes(kes_bin: &Path, config: &Path, root: &Path) -> Result<Proc, String> {
+    let mut child = Command::new(kes_bin)
+        .args(["server", "--config"])
+        .arg(config)
+        .current_dir(root)
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .map_err(|e| format!("{}: {e}", kes_bin.display()))?;
+    let stderr = child.stderr.take().ok_or("no stderr")?;
+    let kes = Proc { child };
+    let mut lines = BufReader::new(stderr).lines();
+    loop {
+        let line = lines
+            .next()
+            .ok_or_else(|| format!("kes ({}) exited before listening", config.display()))?
+            .map_err(|e| e.to_string())?;
+        if line.contains("listening on") {
+            break;
+        }
+    }
+    std::thread::spawn(move || for _ in lines {});
+    Ok(kes)
+}
+
+/// One call to a kes node with the benchmark's client certificate.
+fn kes_curl(pki: &Pki, method: &str, url: &str, body: &str) -> Result<String, String> {
+    let out = Command::new("curl")
+        .args(["-sS", "--fail", "-k", "-X", method])
+        .args(if body.is_empty() { vec![] } else { vec!["-d", body] })
+        .arg("--cert")
+        .arg(&pki.client_cert)
+        .arg("--key")
+        .arg(&pki.client_key)
+        .arg(url)
+        .output()
+        .map_err(|e| e.to_string())?;
+    if !out.status.success() {
+        return Err(format!("curl {url}: {}", String::from_utf8_lossy(&out.stderr)));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
 /// One more kes node on the OpenBao dev server.
 fn spawn_vault_kes(
     work: &Path,
@@ -568,24 +564,7 @@ fn spawn_vault_kes(
             pki.server_cert.display(),
         );
     std::fs::write(work.join(file), config).map_err(|e| e.to_string())?;
-    let mut child = Command::new(kes_bin)
-        .args(["server", "--config"])
-        .arg(work.join(file))
-        .current_dir(root)
-        .stderr(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .map_err(|e| e.to_string())?;
-    let stderr = child.stderr.take().ok_or("no stderr")?;
-    let kes = Proc { child };
-    let mut lines = BufReader::new(stderr).lines();
-    loop {
-        let line = lines.next().ok_or("kes (vault) exited")?.map_err(|e| e.to_string())?;
-        if line.contains("listening on") {
-            break;
-        }
-    }
-    std::thread::spawn(move || for _ in lines {});
+    let kes = spawn_kes(kes_bin, &work.join(file), root)?;
     Ok((kes, format!("https://127.0.0.1:{kes_port}")))
 }
 
