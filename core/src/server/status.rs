@@ -79,8 +79,8 @@ impl Server {
                 self.cache.set_offline(false, now.instant);
                 Ok(Response::empty(StatusCode::OK))
             }
+            // (handle_store_result has already marked the cache offline)
             Err(StoreError::Unreachable(_)) => {
-                self.cache.set_offline(true, now.instant);
                 if self.cache.serves_offline() {
                     Ok(Response::empty(StatusCode::OK))
                 } else {
