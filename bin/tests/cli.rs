@@ -166,7 +166,14 @@ fn config_errors_name_file_and_line() {
     let gcp = "admin:\n  identity: disabled\nkeystore:\n  gcp:\n    secretmanager:\n      project_id: p\n";
     let (code, err) = serve("gcp.yml", gcp);
     assert_eq!(code, Some(1));
-    assert!(err.contains("keystore 'gcp' is not supported yet"), "{err}");
+    assert!(
+        err.contains("gcp.yml") && err.contains("credentials.client_email is required"),
+        "{err}"
+    );
+    let generic = "admin:\n  identity: disabled\nkeystore:\n  generic:\n    endpoint: https://p\n";
+    let (code, err) = serve("generic.yml", generic);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("keystore 'generic' is not supported yet"), "{err}");
 
     let out = Command::new(env!("CARGO_BIN_EXE_kes"))
         .args(["server", "--auth", "maybe", "--root", "x"])

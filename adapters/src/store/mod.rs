@@ -1,12 +1,23 @@
 //! Key stores: each executes the core's [`Command`]s.
 
 pub mod aws;
+pub mod azure;
+pub mod entrust;
+pub mod fortanix;
 mod fs;
+pub mod gcp;
+pub mod keysecure;
 mod mem;
+pub mod rest;
 pub mod vault;
 
 pub use aws::AwsStore;
+pub use azure::AzureStore;
+pub use entrust::EntrustStore;
+pub use fortanix::FortanixStore;
 pub use fs::FsStore;
+pub use gcp::GcpStore;
+pub use keysecure::KeySecureStore;
 pub use mem::MemStore;
 pub use vault::VaultStore;
 
@@ -80,10 +91,28 @@ pub struct Opened {
 }
 
 /// The store a config selects. The fs store's crash leftovers are cleaned
-/// up first (reported in the notes); a Vault store logs in, and a failed
+/// up first (reported in the notes); remote stores log in, and a failed
 /// login is an error.
 pub fn open(config: &kes_core::config::KeystoreConfig) -> Result<Opened, String> {
+    open_with_env(config, &|name| std::env::var(name).ok())
+}
+
+/// [`open`], with the environment variables the AWS and Azure stores read
+/// (credentials, Azure's token endpoints) coming from `env`.
+pub fn open_with_env(
+    config: &kes_core::config::KeystoreConfig,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Opened, String> {
     use kes_core::config::KeystoreConfig;
+    let remote = |store: Arc<dyn KeyStore>, label: String, plain: bool, what: &str| {
+        let notes = match plain {
+            true => vec![format!(
+                "warning: {what} is plain HTTP: credentials and keys cross the network unencrypted"
+            )],
+            false => vec![],
+        };
+        Ok(Opened { store, label, notes })
+    };
     use std::sync::Arc;
     match config {
         KeystoreConfig::Memory => {
@@ -112,7 +141,7 @@ pub fn open(config: &kes_core::config::KeystoreConfig) -> Result<Opened, String>
             Ok(Opened { store: Arc::new(s.into_store()), label, notes })
         }
         KeystoreConfig::Aws(a) => {
-            let s = AwsStore::connect(a, &|name| std::env::var(name).ok())?;
+            let s = AwsStore::connect(a, env)?;
             let mut notes = Vec::new();
             if s.is_plaintext() {
                 notes.push(format!(
@@ -122,6 +151,36 @@ pub fn open(config: &kes_core::config::KeystoreConfig) -> Result<Opened, String>
             }
             let label = format!("AWS Secrets Manager {} ({})", a.endpoint, a.region);
             Ok(Opened { store: Arc::new(s.into_store()), label, notes })
+        }
+        KeystoreConfig::Gcp(g) => {
+            let s = GcpStore::connect(g, env)?;
+            let label = format!("GCP Secret Manager {} (project '{}')", g.endpoint, g.project_id);
+            let plain = s.is_plaintext();
+            remote(Arc::new(s.into_store()), label, plain, "keystore.gcp.secretmanager")
+        }
+        KeystoreConfig::Azure(a) => {
+            let s = AzureStore::connect(a, env)?;
+            let plain = s.is_plaintext();
+            let label = format!("Azure Key Vault {}", a.endpoint);
+            remote(Arc::new(s.into_store()), label, plain, "keystore.azure.keyvault.endpoint")
+        }
+        KeystoreConfig::KeySecure(k) => {
+            let s = KeySecureStore::connect(k)?;
+            let plain = s.is_plaintext();
+            let label = format!("CipherTrust Manager / KeySecure {}", k.endpoint);
+            remote(Arc::new(s.into_store()), label, plain, "keystore.gemalto.keysecure.endpoint")
+        }
+        KeystoreConfig::Fortanix(f) => {
+            let s = FortanixStore::connect(f)?;
+            let plain = s.is_plaintext();
+            let label = format!("Fortanix DSM {}", f.endpoint);
+            remote(Arc::new(s.into_store()), label, plain, "keystore.fortanix.sdkms.endpoint")
+        }
+        KeystoreConfig::Entrust(e) => {
+            let s = EntrustStore::connect(e)?;
+            let plain = s.is_plaintext();
+            let label = format!("Entrust KeyControl {} (box '{}')", e.endpoint, e.box_id);
+            remote(Arc::new(s.into_store()), label, plain, "keystore.entrust.keycontrol.endpoint")
         }
     }
 }

@@ -151,6 +151,11 @@ impl Pki {
     /// Starts a server with `config` (admin is set by the caller).
     pub fn start(&self, config: Config) -> RunningServer {
         let store: Arc<dyn KeyStore> = kes_adapters::store::open(&config.keystore).unwrap().store;
+        self.start_with_store(config, store)
+    }
+
+    /// Starts a server with `config` on an already opened store.
+    pub fn start_with_store(&self, config: Config, store: Arc<dyn KeyStore>) -> RunningServer {
         let auth = ClientAuth {
             verify: config.tls.auth.unwrap_or(false),
             required: !config.any_skip_auth(),

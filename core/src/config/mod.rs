@@ -11,6 +11,7 @@
 //! [`validate`] (one function per section), [`keystore`] (one module per
 //! key store section).
 
+mod cloud;
 mod env;
 mod keystore;
 mod schema;
@@ -25,6 +26,11 @@ use crate::crypto::CiphertextFormat;
 use crate::identity::Identity;
 use env::expand_env;
 use schema::Raw;
+
+pub use cloud::{
+    AzureAuth, AzureConfig, EntrustConfig, FortanixConfig, GcpConfig, GcpCredentials,
+    KeySecureConfig,
+};
 
 /// A validated configuration.
 #[derive(Clone, Debug)]
@@ -186,6 +192,16 @@ pub enum KeystoreConfig {
     Vault(Box<VaultConfig>),
     /// AWS Secrets Manager.
     Aws(Box<AwsConfig>),
+    /// GCP Secret Manager.
+    Gcp(Box<GcpConfig>),
+    /// Azure Key Vault.
+    Azure(Box<AzureConfig>),
+    /// Thales CipherTrust Manager / Gemalto KeySecure.
+    KeySecure(Box<KeySecureConfig>),
+    /// Fortanix DSM.
+    Fortanix(Box<FortanixConfig>),
+    /// Entrust KeyControl.
+    Entrust(Box<EntrustConfig>),
 }
 
 /// `keystore.aws.secretsmanager` (config.md §4.3, keystore.md §5).
@@ -518,8 +534,8 @@ compat:
         let e = Config::parse("admin:\n  identity: ${NOPE}\n", &env).unwrap_err();
         assert_eq!(e.line, Some(2));
         assert!(e.message.contains("NOPE"));
-        let e = Config::parse("keystore:\n  gcp:\n    secretmanager:\n      project_id: p\n", &env)
-            .unwrap_err();
+        let e =
+            Config::parse("keystore:\n  generic:\n    endpoint: https://p\n", &env).unwrap_err();
         assert!(e.message.contains("not supported yet"), "{e}");
         let e = Config::parse("tls: [1, 2\n", &env).unwrap_err();
         assert!(e.line.is_some());

@@ -3,7 +3,12 @@
 //! line in [`SECTIONS`]. Exactly one section may be filled in.
 
 mod aws;
+mod azure;
+mod entrust;
+mod fortanix;
 mod fs;
+mod gcp;
+mod keysecure;
 mod vault;
 
 use super::schema::scalar_text;
@@ -23,13 +28,13 @@ enum Section {
 const SECTIONS: &[(&str, Section)] = &[
     ("fs", Section::Read(fs::read)),
     ("vault", Section::Read(vault::read)),
-    ("fortanix", Section::NotYet(&["fortanix", "sdkms", "endpoint"])),
+    ("fortanix", Section::Read(fortanix::read)),
     ("aws", Section::Read(aws::read)),
-    ("gcp", Section::NotYet(&["gcp", "secretmanager", "project_id"])),
-    ("azure", Section::NotYet(&["azure", "keyvault", "endpoint"])),
-    ("gemalto", Section::NotYet(&["gemalto", "keysecure", "endpoint"])),
+    ("gcp", Section::Read(gcp::read)),
+    ("azure", Section::Read(azure::read)),
+    ("gemalto", Section::Read(keysecure::read)),
     ("generic", Section::NotYet(&["generic", "endpoint"])),
-    ("entrust", Section::NotYet(&["entrust", "keycontrol", "endpoint"])),
+    ("entrust", Section::Read(entrust::read)),
 ];
 
 const IN_MEMORY: &str = "no keystore configured: keys live in memory and are lost on exit";
@@ -74,6 +79,18 @@ fn read(
 /// The value at a path of mapping keys.
 fn lookup<'a>(v: &'a serde_yaml::Value, path: &[&str]) -> Option<&'a serde_yaml::Value> {
     path.iter().try_fold(v, |v, k| v.get(*k))
+}
+
+/// A store endpoint as a URL: a bare `host[:port]` (as KES's samples
+/// write them) gets `https://`; a trailing `/` is dropped.
+fn https_endpoint(e: &str) -> String {
+    let url = if e.contains("://") { e.to_owned() } else { format!("https://{e}") };
+    url.trim_end_matches('/').to_owned()
+}
+
+/// `tls.ca` of a store section, if set.
+fn tls_ca(text: &dyn Fn(&[&str]) -> String) -> Option<String> {
+    Some(text(&["tls", "ca"])).filter(|s| !s.is_empty())
 }
 
 /// A config with only an admin and this `keystore:` body, for the section tests.

@@ -1,0 +1,501 @@
+//! The cloud and vendor key stores end to end: GCP Secret Manager against
+//! drongo (a real Secret Manager REST server from PyPI) with a token
+//! endpoint that checks the service account's JWT signature; Azure Key
+//! Vault, CipherTrust/KeySecure, Fortanix DSM and Entrust KeyControl
+//! against fakes of their documented REST APIs (tests/fakes/stores.py: no
+//! emulator of these services installs here).
+//!
+//! Each store runs the same lifecycle through a kes server: create,
+//! import, generate, decrypt, list over several pages, delete and reuse a
+//! name, a kes restart, tokens expiring and being revoked, and an outage
+//! of the store (a TCP proxy in between refuses connections) with
+//! `cache.offline` set.
+
+mod common;
+
+use std::net::{Shutdown, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine;
+use common::*;
+use kes_core::config::{
+    AzureAuth, AzureConfig, EntrustConfig, FortanixConfig, GcpConfig, GcpCredentials,
+    KeySecureConfig, KeystoreConfig, Secret,
+};
+use serde_json::{json, Value};
+
+/// Token lifetime the fakes grant: short, so the tests see refreshes.
+const TTL: u64 = 3;
+
+fn python() -> String {
+    std::env::var("KES_TEST_PYTHON").unwrap_or_else(|_| "python3".into())
+}
+
+fn fake_script() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fakes/stores.py")
+}
+
+fn wait_port(port: u16) {
+    let started = Instant::now();
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(started.elapsed() < Duration::from_secs(30), "port {port} never opened");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A child process killed on drop.
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// One fake from tests/fakes/stores.py on a free port.
+struct Fake {
+    _proc: Proc,
+    port: u16,
+    tls: bool,
+}
+
+impl Fake {
+    fn start(kind: &str, pki: Option<&Pki>, args: &[&str]) -> Self {
+        let port = free_port();
+        let mut cmd = Command::new(python());
+        cmd.arg(fake_script()).args([kind, &port.to_string(), "--ttl", &TTL.to_string()]);
+        if let Some(pki) = pki {
+            cmd.arg("--cert").arg(&pki.server_cert).arg("--key").arg(&pki.server_key);
+        }
+        let child = cmd.args(args).stdout(Stdio::null()).spawn().expect("python3 runs the fakes");
+        wait_port(port);
+        Self { _proc: Proc(child), port, tls: pki.is_some() }
+    }
+
+    fn url(&self) -> String {
+        format!("{}://localhost:{}", if self.tls { "https" } else { "http" }, self.port)
+    }
+
+    /// `GET /_fake/stats`, over curl (the fake may speak TLS with the test CA).
+    fn stats(&self, pki: Option<&Pki>) -> Value {
+        self.admin(pki, "GET", "stats")
+    }
+
+    /// Invalidates every token the fake issued.
+    fn revoke(&self, pki: Option<&Pki>) {
+        self.admin(pki, "POST", "revoke");
+    }
+
+    fn admin(&self, pki: Option<&Pki>, method: &str, what: &str) -> Value {
+        let mut cmd = Command::new("curl");
+        cmd.args(["-sS", "-X", method]);
+        if let Some(pki) = pki {
+            cmd.arg("--cacert").arg(&pki.ca_file);
+        }
+        let out = cmd.arg(format!("{}/_fake/{what}", self.url())).output().unwrap();
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|_| panic!("{out:?}"))
+    }
+}
+
+/// A TCP proxy in front of a store that can be taken down (connections
+/// refused, open ones cut) and brought back on the same port.
+struct Proxy {
+    port: u16,
+    down: Arc<AtomicBool>,
+    quit: Arc<AtomicBool>,
+    conns: Arc<Mutex<Vec<TcpStream>>>,
+}
+
+impl Proxy {
+    fn start(target: u16) -> Self {
+        let port = free_port();
+        let (down, quit) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicBool::new(false)));
+        let conns = Arc::new(Mutex::new(Vec::new()));
+        let (d, q, c) = (down.clone(), quit.clone(), conns.clone());
+        std::thread::spawn(move || {
+            let mut listener: Option<TcpListener> = None;
+            while !q.load(Ordering::SeqCst) {
+                if d.load(Ordering::SeqCst) {
+                    listener = None;
+                    std::thread::sleep(Duration::from_millis(10));
+                    continue;
+                }
+                let l = listener.get_or_insert_with(|| {
+                    let l = loop {
+                        match TcpListener::bind(("127.0.0.1", port)) {
+                            Ok(l) => break l,
+                            Err(_) => std::thread::sleep(Duration::from_millis(10)),
+                        }
+                    };
+                    l.set_nonblocking(true).unwrap();
+                    l
+                });
+                match l.accept() {
+                    Ok((client, _)) => {
+                        client.set_nonblocking(false).unwrap();
+                        let Ok(server) = TcpStream::connect(("127.0.0.1", target)) else {
+                            continue;
+                        };
+                        let mut all = c.lock().unwrap();
+                        all.push(client.try_clone().unwrap());
+                        all.push(server.try_clone().unwrap());
+                        for (mut from, mut to) in [
+                            (client.try_clone().unwrap(), server.try_clone().unwrap()),
+                            (server, client),
+                        ] {
+                            std::thread::spawn(move || {
+                                let _ = std::io::copy(&mut from, &mut to);
+                                let _ = to.shutdown(Shutdown::Write);
+                            });
+                        }
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(5)),
+                }
+            }
+        });
+        wait_port(port);
+        Self { port, down, quit, conns }
+    }
+
+    fn take_down(&self) {
+        self.down.store(true, Ordering::SeqCst);
+        for c in self.conns.lock().unwrap().drain(..) {
+            let _ = c.shutdown(Shutdown::Both);
+        }
+        let started = Instant::now();
+        while TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+            assert!(started.elapsed() < Duration::from_secs(5));
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    fn bring_up(&self) {
+        self.down.store(false, Ordering::SeqCst);
+        wait_port(self.port);
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.quit.store(true, Ordering::SeqCst);
+        self.take_down();
+    }
+}
+
+fn b64(b: &[u8]) -> String {
+    STANDARD.encode(b)
+}
+
+/// The lifecycle every store must pass. `config` is the store's section
+/// (pointing at the proxy), `env` what the store reads from the
+/// environment, `logins` the number of tokens the store's token issuer
+/// has handed out, `revoke` invalidates them all (when the store checks
+/// tokens: drongo does not).
+fn lifecycle(
+    pki: &Pki,
+    config: KeystoreConfig,
+    env: &dyn Fn(&str) -> Option<String>,
+    proxy: &Proxy,
+    logins: &dyn Fn() -> u64,
+    revoke: Option<&dyn Fn()>,
+) {
+    let admin = pki.client("admin");
+    let start = || {
+        let mut cfg = config_with_admin(&admin);
+        cfg.keystore = config.clone();
+        cfg.cache.any = Duration::from_millis(500);
+        cfg.cache.offline = Duration::from_secs(3600);
+        let opened = kes_adapters::store::open_with_env(&cfg.keystore, env).unwrap();
+        let server = pki.start_with_store(cfg, opened.store);
+        let c = Client::new(pki, Some(&admin), server.addr());
+        (server, c)
+    };
+    let (server, c) = start();
+    let first_logins = logins();
+    assert!(first_logins >= 1, "logged in at start-up");
+
+    // Create, create again, import, generate, decrypt.
+    assert_eq!(c.call("PUT", "/v1/key/create/k1", b"").unwrap().status, 200);
+    let r = c.call("PUT", "/v1/key/create/k1", b"").unwrap();
+    assert_eq!((r.status, r.json()["message"].clone()), (400, json!("key already exists")));
+    let r = c.json("PUT", "/v1/key/import/k2", json!({"key": b64(&[7; 32]), "cipher": "AES256"}));
+    assert_eq!(r.status, 200, "{}", r.text());
+    let dek = c.json("PUT", "/v1/key/generate/k1", json!({"context": b64(b"ctx")})).json();
+    let dec = json!({"ciphertext": dek["ciphertext"], "context": b64(b"ctx")});
+    assert_eq!(
+        c.json("PUT", "/v1/key/decrypt/k1", dec.clone()).json()["plaintext"],
+        dek["plaintext"]
+    );
+    let dek2 = c.json("PUT", "/v1/key/generate/k2", json!({})).json();
+    let dec2 = json!({"ciphertext": dek2["ciphertext"]});
+
+    // A listing over several pages (the fakes cap pages at 10 names).
+    for i in 0..25 {
+        assert_eq!(c.call("PUT", &format!("/v1/key/create/bulk-{i:02}"), b"").unwrap().status, 200);
+    }
+    let list = c.call("GET", "/v1/key/list/bulk-", b"").unwrap().text();
+    assert_eq!(list.lines().count(), 25, "{list}");
+
+    // Delete, then the name is free again; a missing key is 404.
+    assert_eq!(c.call("DELETE", "/v1/key/delete/k1", b"").unwrap().status, 200);
+    std::thread::sleep(Duration::from_millis(600)); // past cache.any
+    assert_eq!(c.json("PUT", "/v1/key/generate/k1", json!({})).status, 404);
+    assert_eq!(c.call("PUT", "/v1/key/create/k1", b"").unwrap().status, 200, "name reusable");
+    assert_eq!(c.call("DELETE", "/v1/key/delete/nope", b"").unwrap().status, 404);
+
+    // kes restarts: the keys are in the store.
+    server.stop();
+    let (server, c) = start();
+    assert_eq!(
+        c.json("PUT", "/v1/key/decrypt/k2", dec2.clone()).json()["plaintext"],
+        dek2["plaintext"]
+    );
+
+    // Tokens expire (the fakes grant TTL seconds) and are refreshed.
+    let before = logins();
+    std::thread::sleep(Duration::from_secs(TTL + 1));
+    assert_eq!(c.json("PUT", "/v1/key/decrypt/k2", dec2.clone()).status, 200);
+    assert_eq!(c.call("PUT", "/v1/key/create/after-expiry", b"").unwrap().status, 200);
+    assert!(logins() > before, "a new token after expiry");
+    // A token the store revokes early is replaced on its 401.
+    if let Some(revoke) = revoke {
+        revoke();
+        let before = logins();
+        assert_eq!(c.call("PUT", "/v1/key/create/after-revoke", b"").unwrap().status, 200);
+        assert!(logins() > before, "a new token after a revocation");
+    }
+
+    // The store goes away: cached keys keep working (cache.offline), new
+    // keys fail cleanly, and everything works again once it is back.
+    assert_eq!(c.json("PUT", "/v1/key/generate/k2", json!({})).status, 200);
+    proxy.take_down();
+    std::thread::sleep(Duration::from_millis(600)); // past cache.any
+    let r = c.json("PUT", "/v1/key/decrypt/k2", dec2.clone());
+    assert_eq!(r.status, 200, "offline cache: {}", r.text());
+    let r = c.call("PUT", "/v1/key/create/during-outage", b"").unwrap();
+    assert!(r.status >= 500, "{} {}", r.status, r.text());
+    assert!(r.json()["message"].is_string());
+    proxy.bring_up();
+    assert_eq!(c.call("PUT", "/v1/key/create/during-outage", b"").unwrap().status, 200);
+    assert_eq!(c.json("PUT", "/v1/key/decrypt/k2", dec2).json()["plaintext"], dek2["plaintext"]);
+    server.stop();
+}
+
+#[test]
+fn gcp_secret_manager_on_drongo() {
+    let dir = tempdir("gcp");
+    let key = dir.join("sa.pem");
+    let out = Command::new("openssl")
+        .args(["genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048", "-out"])
+        .arg(&key)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let out = Command::new("openssl")
+        .args(["rsa", "-noout", "-modulus", "-in"])
+        .arg(&key)
+        .output()
+        .unwrap();
+    let modulus =
+        String::from_utf8(out.stdout).unwrap().trim().trim_start_matches("Modulus=").to_owned();
+    // Secret Manager: drongo, installed next to the test python.
+    let drongo = Path::new(&python()).with_file_name("drongo");
+    let port = free_port();
+    let child = Command::new(if drongo.exists() { drongo } else { "drongo".into() })
+        .args(["server", "--host", "127.0.0.1", "--port", &port.to_string()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("drongo is required: pip install drongo (scripts/test.sh does)");
+    let _drongo = Proc(child);
+    wait_port(port);
+    let proxy = Proxy::start(port);
+    let email = "kes@project-1.iam.gserviceaccount.com";
+    let token_port = free_port();
+    let aud = format!("http://127.0.0.1:{token_port}/token");
+    // The token endpoint on the port reserved above.
+    let mut cmd = Command::new(python());
+    cmd.arg(fake_script())
+        .args(["gcp-token", &token_port.to_string(), "--ttl", &TTL.to_string()])
+        .args(["--modulus", &modulus, "--key-id", "key-1", "--email", email, "--aud", &aud]);
+    let _tokens = Proc(cmd.stdout(Stdio::null()).spawn().unwrap());
+    wait_port(token_port);
+    let stats = || {
+        let out = Command::new("curl")
+            .args(["-sS", &format!("http://127.0.0.1:{token_port}/_fake/stats")])
+            .output()
+            .unwrap();
+        serde_json::from_slice::<Value>(&out.stdout).unwrap()["logins"].as_u64().unwrap()
+    };
+    let config = |key_pem: String| {
+        KeystoreConfig::Gcp(Box::new(GcpConfig {
+            endpoint: format!("http://127.0.0.1:{}", proxy.port),
+            project_id: "project-1".into(),
+            scopes: vec!["https://www.googleapis.com/auth/cloud-platform".into()],
+            credentials: GcpCredentials {
+                client_email: email.into(),
+                client_id: "1234".into(),
+                private_key_id: "key-1".into(),
+                private_key: Secret::new(key_pem),
+                token_uri: aud.clone(),
+            },
+        }))
+    };
+    let pem = std::fs::read_to_string(&key).unwrap();
+
+    // A key the token endpoint does not know is refused at start-up.
+    let other = dir.join("other.pem");
+    Command::new("openssl")
+        .args(["genpkey", "-algorithm", "RSA", "-out"])
+        .arg(&other)
+        .output()
+        .unwrap();
+    let err = kes_adapters::store::open(&config(std::fs::read_to_string(&other).unwrap()))
+        .err()
+        .expect("a wrong key must not log in");
+    assert!(err.contains("Invalid JWT Signature"), "{err}");
+    // Pasted from the JSON key file, with `\n` escapes: accepted.
+    let escaped = pem.replace('\n', "\\n");
+    assert!(kes_adapters::store::open(&config(escaped)).is_ok());
+
+    // drongo accepts any token: no revocation step for GCP.
+    let pki = Pki::new();
+    let no_env = |_: &str| None;
+    lifecycle(&pki, config(pem), &no_env, &proxy, &stats, None);
+    // The values are KES's: the encoded key, base64 in version 1's payload.
+    let out = Command::new("curl")
+        .args([
+            "-sS",
+            &format!("http://127.0.0.1:{port}/v1/projects/project-1/secrets/k2/versions/1:access"),
+        ])
+        .output()
+        .unwrap();
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let file = STANDARD.decode(v["payload"]["data"].as_str().unwrap()).unwrap();
+    assert!(kes_core::crypto::keyfile::decode(&file).is_ok(), "a KES key value");
+}
+
+#[test]
+fn azure_key_vault_on_its_documented_api() {
+    let pki = Pki::new();
+    let fake = Fake::start(
+        "azure",
+        Some(&pki),
+        &["--tenant", "tenant-1", "--client-id", "app-1", "--client-secret", "s3cret"],
+    );
+    let proxy = Proxy::start(fake.port);
+    let ca = pki.ca_file.to_str().unwrap().to_owned();
+    let authority = fake.url();
+    let env = move |name: &str| match name {
+        "SSL_CERT_FILE" => Some(ca.clone()),
+        "AZURE_AUTHORITY_HOST" | "AZURE_POD_IDENTITY_AUTHORITY_HOST" => Some(authority.clone()),
+        _ => None,
+    };
+    let config = |auth: AzureAuth| {
+        KeystoreConfig::Azure(Box::new(AzureConfig {
+            endpoint: format!("https://localhost:{}", proxy.port),
+            auth,
+        }))
+    };
+    let secret = |s: &str| AzureAuth::ClientSecret {
+        tenant_id: "tenant-1".into(),
+        client_id: "app-1".into(),
+        client_secret: Secret::new(s.into()),
+    };
+    // A wrong client secret stops start-up with Entra ID's reason.
+    let err = kes_adapters::store::open_with_env(&config(secret("wrong")), &env).err().unwrap();
+    assert!(err.contains("AADSTS7000215"), "{err}");
+    // Managed identity (IMDS, here at AZURE_POD_IDENTITY_AUTHORITY_HOST) works too.
+    let managed = config(AzureAuth::ManagedIdentity { client_id: "app-1".into() });
+    assert!(kes_adapters::store::open_with_env(&managed, &env).is_ok());
+    // The vault refuses calls without a token, with Azure's challenge.
+    let out = Command::new("curl")
+        .args(["-sS", "-i", "--cacert", pki.ca_file.to_str().unwrap()])
+        .arg(format!("{}/secrets?api-version=7.4", fake.url()))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.starts_with("HTTP/1.1 401") && text.contains("WWW-Authenticate: Bearer"),
+        "{text}"
+    );
+
+    let logins = || fake.stats(Some(&pki))["logins"].as_u64().unwrap();
+    let revoke = || fake.revoke(Some(&pki));
+    lifecycle(&pki, config(secret("s3cret")), &env, &proxy, &logins, Some(&revoke));
+}
+
+#[test]
+fn keysecure_on_its_documented_api() {
+    let pki = Pki::new();
+    let fake = Fake::start("keysecure", Some(&pki), &["--secret", "refresh-1"]);
+    let proxy = Proxy::start(fake.port);
+    let config = |token: &str| {
+        KeystoreConfig::KeySecure(Box::new(KeySecureConfig {
+            endpoint: format!("https://localhost:{}", proxy.port),
+            token: Secret::new(token.into()),
+            domain: String::new(),
+            tls_ca: Some(pki.ca_file.to_str().unwrap().into()),
+        }))
+    };
+    let err = kes_adapters::store::open(&config("wrong")).err().unwrap();
+    assert!(err.contains("NCERRAuthFailed"), "{err}");
+    let logins = || fake.stats(Some(&pki))["logins"].as_u64().unwrap();
+    let revoke = || fake.revoke(Some(&pki));
+    lifecycle(&pki, config("refresh-1"), &|_| None, &proxy, &logins, Some(&revoke));
+}
+
+#[test]
+fn fortanix_on_its_documented_api() {
+    let pki = Pki::new();
+    let api_key = b64(b"app-1:app-secret");
+    let fake = Fake::start("fortanix", Some(&pki), &["--secret", &api_key]);
+    let proxy = Proxy::start(fake.port);
+    let config = |key: &str| {
+        KeystoreConfig::Fortanix(Box::new(FortanixConfig {
+            endpoint: format!("https://localhost:{}", proxy.port),
+            group_id: "group-1".into(),
+            api_key: Secret::new(key.into()),
+            tls_ca: Some(pki.ca_file.to_str().unwrap().into()),
+        }))
+    };
+    let err = kes_adapters::store::open(&config("d3Jvbmc=")).err().unwrap();
+    assert!(err.contains("invalid API key"), "{err}");
+    let logins = || fake.stats(Some(&pki))["logins"].as_u64().unwrap();
+    let revoke = || fake.revoke(Some(&pki));
+    lifecycle(&pki, config(&api_key), &|_| None, &proxy, &logins, Some(&revoke));
+}
+
+#[test]
+fn entrust_keycontrol_on_its_documented_api() {
+    let pki = Pki::new();
+    let fake = Fake::start(
+        "entrust",
+        Some(&pki),
+        &["--vault-id", "vault-1", "--box-id", "box-1", "--client-id", "kes", "--secret", "pa55"],
+    );
+    let proxy = Proxy::start(fake.port);
+    let config = |password: &str, box_id: &str| {
+        KeystoreConfig::Entrust(Box::new(EntrustConfig {
+            endpoint: format!("https://localhost:{}", proxy.port),
+            vault_id: "vault-1".into(),
+            box_id: box_id.into(),
+            username: "kes".into(),
+            password: Secret::new(password.into()),
+            tls_ca: Some(pki.ca_file.to_str().unwrap().into()),
+        }))
+    };
+    let err = kes_adapters::store::open(&config("wrong", "box-1")).err().unwrap();
+    assert!(err.contains("Invalid credentials"), "{err}");
+    let err = kes_adapters::store::open(&config("pa55", "box-2")).err().unwrap();
+    assert!(err.contains("Box not found"), "{err}");
+    let logins = || fake.stats(Some(&pki))["logins"].as_u64().unwrap();
+    let revoke = || fake.revoke(Some(&pki));
+    lifecycle(&pki, config("pa55", "box-1"), &|_| None, &proxy, &logins, Some(&revoke));
+}
