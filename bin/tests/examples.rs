@@ -264,3 +264,182 @@ fn example_systemd_unit_verifies() {
     assert!(own.is_empty(), "systemd-analyze complains about the unit: {own:#?}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// A store fake from adapters/tests/fakes/stores.py (or drongo), killed on drop.
+struct Fake(std::process::Child);
+
+impl Drop for Fake {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn fake(kind: &str, port: u16, tls: Option<&Path>, args: &[&str]) -> Fake {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../adapters/tests/fakes/stores.py");
+    let mut cmd = Command::new(python());
+    cmd.arg(script).args([kind, &port.to_string()]);
+    if let Some(etc) = tls {
+        cmd.arg("--cert").arg(etc.join("server.cert")).arg("--key").arg(etc.join("server.key"));
+    }
+    let child = cmd.args(args).stdout(Stdio::null()).spawn().expect("python3 runs the fakes");
+    wait_port(port);
+    Fake(child)
+}
+
+/// Starts `kes server` on examples/`file` (its store pointed at a fake
+/// by `extra`), checks MinIO's calls work, then moves the v0.24 key
+/// vectors fs -> the store -> fs with `kes migrate`: byte for byte.
+fn store_example(dir: &Path, file: &str, extra: &[(&str, String)], mut env: Vec<(&str, String)>) {
+    let admin = cert(dir, "admin", vec![]);
+    let minio = cert(dir, "minio", vec![]);
+    env.push(("KES_ADMIN_IDENTITY", admin));
+    env.push(("MINIO_IDENTITY", minio));
+    let (mut kes, url, seen) = start_example(dir, file, extra, &env);
+    assert!(seen.iter().all(|l| !l.contains("unknown key")), "{seen:#?}");
+    assert_eq!(curl(dir, "minio", "POST", &format!("{url}/v1/key/create/minio-key")), "200");
+    assert_eq!(curl(dir, "minio", "POST", &format!("{url}/v1/key/generate/minio-key")), "200");
+    assert_eq!(curl(dir, "minio", "DELETE", &format!("{url}/v1/key/delete/minio-key")), "403");
+    let _ = kes.kill();
+    let _ = kes.wait();
+
+    let vectors =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/spec/vectors/keys-v0.24");
+    let src = dir.join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    for e in std::fs::read_dir(&vectors).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), src.join(e.file_name())).unwrap();
+    }
+    for (name, path) in [("src.yml", &src), ("back.yml", &dir.join("back"))] {
+        let text = format!("keystore:\n  fs:\n    path: {}\n", path.display());
+        std::fs::write(dir.join(name), text).unwrap();
+    }
+    let migrate = |from: &str, to: &str| {
+        let out = Command::new(env!("CARGO_BIN_EXE_kes"))
+            .args(["migrate", "--from", from, "--to", to])
+            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+            .current_dir(dir)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert_eq!(out.status.code(), Some(0), "{from} -> {to}: {err}");
+    };
+    migrate("src.yml", file);
+    migrate(file, "back.yml");
+    for e in std::fs::read_dir(&src).unwrap() {
+        let name = e.unwrap().file_name();
+        let back = std::fs::read(dir.join("back").join(&name)).unwrap();
+        assert_eq!(std::fs::read(src.join(&name)).unwrap(), back, "{file}: {name:?} round trip");
+    }
+}
+
+fn store_dir(tag: &str) -> (PathBuf, PathBuf) {
+    let dir = tempdir(tag);
+    let etc = dir.join("etc");
+    std::fs::create_dir_all(&etc).unwrap();
+    cert(&etc, "server", vec!["localhost".into(), "127.0.0.1".into()]);
+    (dir, etc)
+}
+
+#[test]
+fn example_keysecure_fortanix_entrust_configs_work() {
+    let (dir, etc) = store_dir("keysecure");
+    let port = free();
+    let _f = fake("keysecure", port, Some(&etc), &["--secret", "refresh-1"]);
+    std::fs::copy(etc.join("server.cert"), etc.join("keysecure-ca.cert")).unwrap();
+    let url = [("https://ciphertrust.example.com", format!("https://localhost:{port}"))];
+    store_example(
+        &dir,
+        "keysecure.yml",
+        &url,
+        vec![("KEYSECURE_REFRESH_TOKEN", "refresh-1".into())],
+    );
+
+    let (dir, etc) = store_dir("fortanix");
+    let port = free();
+    let _f = fake("fortanix", port, Some(&etc), &["--secret", "YXBwOmtleQ=="]);
+    std::fs::copy(etc.join("server.cert"), etc.join("fortanix-ca.cert")).unwrap();
+    let url = [("https://sdkms.fortanix.com", format!("https://localhost:{port}"))];
+    let env = vec![("FORTANIX_API_KEY", "YXBwOmtleQ==".into()), ("FORTANIX_GROUP_ID", "g1".into())];
+    store_example(&dir, "fortanix.yml", &url, env);
+
+    let (dir, etc) = store_dir("entrust");
+    let port = free();
+    let args = ["--vault-id", "v1", "--box-id", "kes", "--client-id", "kes", "--secret", "pa55"];
+    let _f = fake("entrust", port, Some(&etc), &args);
+    std::fs::copy(etc.join("server.cert"), etc.join("keycontrol-ca.cert")).unwrap();
+    let url = [("https://keycontrol.example.com", format!("https://localhost:{port}"))];
+    let env = vec![("KEYCONTROL_VAULT_ID", "v1".into()), ("KEYCONTROL_PASSWORD", "pa55".into())];
+    store_example(&dir, "entrust.yml", &url, env);
+}
+
+#[test]
+fn example_azure_config_works() {
+    let (dir, etc) = store_dir("azure");
+    let port = free();
+    let args = ["--tenant", "t1", "--client-id", "app", "--client-secret", "s3cret"];
+    let _f = fake("azure", port, Some(&etc), &args);
+    let url = [("https://my-vault.vault.azure.net", format!("https://localhost:{port}"))];
+    let env = vec![
+        ("AZURE_TENANT_ID", "t1".into()),
+        ("AZURE_CLIENT_ID", "app".into()),
+        ("AZURE_CLIENT_SECRET", "s3cret".into()),
+        ("AZURE_AUTHORITY_HOST", format!("https://localhost:{port}")),
+        ("SSL_CERT_FILE", etc.join("server.cert").display().to_string()),
+    ];
+    store_example(&dir, "azure.yml", &url, env);
+}
+
+#[test]
+fn example_gcp_config_works() {
+    let (dir, _) = store_dir("gcp");
+    let key = dir.join("sa.pem");
+    let ok = Command::new("openssl")
+        .args(["genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048", "-out"])
+        .arg(&key)
+        .output()
+        .unwrap();
+    assert!(ok.status.success(), "{ok:?}");
+    let out = Command::new("openssl")
+        .args(["rsa", "-noout", "-modulus", "-in"])
+        .arg(&key)
+        .output()
+        .unwrap();
+    let modulus =
+        String::from_utf8(out.stdout).unwrap().trim().trim_start_matches("Modulus=").to_owned();
+    let (api, tok) = (free(), free());
+    let drongo = Path::new(&python()).with_file_name("drongo");
+    let child = Command::new(if drongo.exists() { drongo } else { "drongo".into() })
+        .args(["server", "--host", "127.0.0.1", "--port", &api.to_string()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("drongo is required: pip install drongo (scripts/test.sh does)");
+    let _drongo = Fake(child);
+    wait_port(api);
+    let aud = format!("http://127.0.0.1:{tok}/token");
+    let email = "kes@my-project.iam.gserviceaccount.com";
+    let args = ["--modulus", &modulus, "--key-id", "k1", "--email", email, "--aud", &aud];
+    let _t = fake("gcp-token", tok, None, &args);
+    let extra = [
+        (
+            "      project_id: my-project\n",
+            format!("      project_id: my-project\n      endpoint: http://127.0.0.1:{api}\n"),
+        ),
+        (
+            "        client_email: kes@my-project.iam.gserviceaccount.com\n",
+            format!("        client_email: {email}\n        token_uri: {aud}\n"),
+        ),
+    ];
+    let env = vec![
+        ("GCP_CLIENT_ID", "1".into()),
+        ("GCP_PRIVATE_KEY_ID", "k1".into()),
+        ("GCP_PRIVATE_KEY", std::fs::read_to_string(&key).unwrap()),
+    ];
+    store_example(&dir, "gcp.yml", &extra, env);
+}
+
+fn free() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}

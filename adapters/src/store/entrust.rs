@@ -15,7 +15,7 @@ use kes_core::{Command, StoreError, StoreReply, UnixTime};
 use serde_json::{json, Value};
 use zeroize::Zeroizing;
 
-use super::rest::{encode, Grant, Rest, Token};
+use super::rest::{encode, take_string, Grant, Rest, Token};
 use super::{Remote, RemoteStore};
 use crate::https::{HttpRequest, HttpResponse};
 
@@ -61,10 +61,10 @@ pub fn create_body(box_id: &str, name: &str, value: &SecretBytes) -> Zeroizing<V
 pub fn checkout_result(r: &HttpResponse) -> Result<StoreReply, StoreError> {
     let mut v: Value = serde_json::from_slice(&r.body)
         .map_err(|e| StoreError::Failed(format!("keycontrol: invalid answer: {e}")))?;
-    let b64 = Zeroizing::new(match v["secret_data"].take() {
-        Value::String(s) => s,
-        _ => return Err(StoreError::Failed("keycontrol: secret has no data".into())),
-    });
+    let b64 = Zeroizing::new(
+        take_string(&mut v, &["secret_data"])
+            .ok_or_else(|| StoreError::Failed("keycontrol: secret has no data".into()))?,
+    );
     let bytes = STANDARD
         .decode(b64.as_bytes())
         .map_err(|e| StoreError::Failed(format!("keycontrol: invalid secret data: {e}")))?;

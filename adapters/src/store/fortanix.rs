@@ -15,7 +15,7 @@ use kes_core::{Command, StoreError, StoreReply};
 use serde_json::{json, Value};
 use zeroize::Zeroizing;
 
-use super::rest::{encode, Grant, Rest, Token};
+use super::rest::{encode, take_string, Grant, Rest, Token};
 use super::{Remote, RemoteStore};
 use crate::https::{HttpRequest, HttpResponse};
 
@@ -68,10 +68,10 @@ pub fn export_result(r: &HttpResponse) -> Result<StoreReply, StoreError> {
     if v["enabled"].as_bool() == Some(false) {
         return Err(StoreError::Failed("fortanix: the key's object is disabled".into()));
     }
-    let b64 = Zeroizing::new(match v["value"].take() {
-        Value::String(s) => s,
-        _ => return Err(StoreError::Failed("fortanix: object has no value".into())),
-    });
+    let b64 = Zeroizing::new(
+        take_string(&mut v, &["value"])
+            .ok_or_else(|| StoreError::Failed("fortanix: object has no value".into()))?,
+    );
     let bytes = STANDARD
         .decode(b64.as_bytes())
         .map_err(|e| StoreError::Failed(format!("fortanix: invalid value: {e}")))?;

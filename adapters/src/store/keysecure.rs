@@ -13,7 +13,7 @@ use kes_core::{Command, StoreError, StoreReply};
 use serde_json::{json, Value};
 use zeroize::Zeroizing;
 
-use super::rest::{Grant, Rest, Token};
+use super::rest::{take_string, Grant, Rest, Token};
 use super::{Remote, RemoteStore};
 use crate::https::{HttpRequest, HttpResponse};
 
@@ -71,9 +71,9 @@ pub fn create_body(name: &str, value: &SecretBytes) -> Result<Zeroizing<Vec<u8>>
 pub fn export_result(r: &HttpResponse) -> Result<StoreReply, StoreError> {
     let mut v: Value = serde_json::from_slice(&r.body)
         .map_err(|e| StoreError::Failed(format!("keysecure: invalid answer: {e}")))?;
-    match v["material"].take() {
-        Value::String(s) => Ok(StoreReply::Value(SecretBytes::new(s.into_bytes()))),
-        _ => Err(StoreError::Failed("keysecure: secret has no material".into())),
+    match take_string(&mut v, &["material"]) {
+        Some(s) => Ok(StoreReply::Value(SecretBytes::new(s.into_bytes()))),
+        None => Err(StoreError::Failed("keysecure: secret has no material".into())),
     }
 }
 

@@ -206,6 +206,20 @@ impl Token {
     }
 }
 
+/// Moves the string at `path` out of a JSON answer (so a secret is not
+/// copied), or `None` when it is missing or not a string. Unlike indexing
+/// with `v["a"]`, never panics on an answer of the wrong shape.
+pub fn take_string(v: &mut serde_json::Value, path: &[&str]) -> Option<String> {
+    let mut cur = v;
+    for k in path {
+        cur = cur.as_object_mut()?.get_mut(*k)?;
+    }
+    match cur.take() {
+        serde_json::Value::String(s) => Some(s),
+        _ => None,
+    }
+}
+
 /// Percent-encodes a query or form value (RFC 3986 unreserved kept).
 pub fn encode(s: &str) -> String {
     let mut out = String::with_capacity(s.len());

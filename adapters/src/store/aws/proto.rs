@@ -106,9 +106,10 @@ pub fn get_result(r: &HttpResponse) -> Result<StoreReply, StoreError> {
     }
     let mut v: Value = serde_json::from_slice(&r.body)
         .map_err(|e| StoreError::Failed(format!("aws: invalid answer: {e}")))?;
-    match (v["SecretString"].take(), v["SecretBinary"].take()) {
-        (Value::String(s), _) => Ok(StoreReply::Value(SecretBytes::new(s.into_bytes()))),
-        (_, Value::String(b)) => {
+    let take = super::super::rest::take_string;
+    match (take(&mut v, &["SecretString"]), take(&mut v, &["SecretBinary"])) {
+        (Some(s), _) => Ok(StoreReply::Value(SecretBytes::new(s.into_bytes()))),
+        (_, Some(b)) => {
             use base64::Engine as _;
             let bytes = base64::engine::general_purpose::STANDARD
                 .decode(b.as_bytes())

@@ -11,7 +11,7 @@ use kes_core::{StoreError, StoreReply};
 use serde_json::Value;
 use zeroize::Zeroizing;
 
-use super::super::rest::{encode, Grant};
+use super::super::rest::{encode, take_string, Grant};
 use crate::https::HttpResponse;
 
 /// The secrets API version sent with every call.
@@ -138,9 +138,9 @@ pub fn secret_result(r: &HttpResponse, now: i64) -> Result<StoreReply, StoreErro
     if attrs["exp"].as_i64().is_some_and(|exp| exp <= now) {
         return Err(StoreError::Failed("azure: the key's secret has expired".into()));
     }
-    match v["value"].take() {
-        Value::String(s) => Ok(StoreReply::Value(SecretBytes::new(s.into_bytes()))),
-        _ => Err(StoreError::Failed("azure: secret has no value".into())),
+    match take_string(&mut v, &["value"]) {
+        Some(s) => Ok(StoreReply::Value(SecretBytes::new(s.into_bytes()))),
+        None => Err(StoreError::Failed("azure: secret has no value".into())),
     }
 }
 

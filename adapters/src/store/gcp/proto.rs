@@ -10,7 +10,7 @@ use kes_core::{StoreError, StoreReply};
 use serde_json::{json, Value};
 use zeroize::Zeroizing;
 
-use super::super::rest::{encode, Grant};
+use super::super::rest::{encode, take_string, Grant};
 use crate::https::HttpResponse;
 
 /// The JWT-bearer grant type, form-encoded.
@@ -112,10 +112,10 @@ pub fn error(r: &HttpResponse) -> (String, String) {
 pub fn access_result(r: &HttpResponse) -> Result<StoreReply, StoreError> {
     let mut v: Value = serde_json::from_slice(&r.body)
         .map_err(|e| StoreError::Failed(format!("gcp: invalid answer: {e}")))?;
-    let data = Zeroizing::new(match v["payload"]["data"].take() {
-        Value::String(s) => s,
-        _ => return Err(StoreError::Failed("gcp: secret version has no payload".into())),
-    });
+    let data = Zeroizing::new(
+        take_string(&mut v, &["payload", "data"])
+            .ok_or_else(|| StoreError::Failed("gcp: secret version has no payload".into()))?,
+    );
     let bytes = STANDARD
         .decode(data.as_bytes())
         .map_err(|e| StoreError::Failed(format!("gcp: invalid payload: {e}")))?;

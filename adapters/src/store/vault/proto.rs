@@ -159,17 +159,19 @@ pub fn get_result(kv: KvVersion, name: &str, r: &HttpResponse) -> Result<StoreRe
     }
     let mut v: Value = serde_json::from_slice(&r.body)
         .map_err(|e| StoreError::Failed(format!("vault: invalid response: {e}")))?;
-    let data = match kv {
-        KvVersion::V1 => &mut v["data"],
-        KvVersion::V2 => &mut v["data"]["data"],
+    let path: &[&str] = match kv {
+        KvVersion::V1 => &["data"],
+        KvVersion::V2 => &["data", "data"],
     };
-    if data.is_null() {
+    let data = path.iter().try_fold(&v, |v, k| v.get(*k));
+    if data.is_none_or(Value::is_null) {
         return Err(StoreError::NotFound); // v2 after a soft delete
     }
     // Moved out, not copied: the key's text becomes the secret bytes.
-    match data.get_mut(name).map(Value::take) {
-        Some(Value::String(s)) => Ok(StoreReply::Value(SecretBytes::new(s.into_bytes()))),
-        _ => Err(StoreError::Failed(format!(
+    let field: Vec<&str> = path.iter().copied().chain([name]).collect();
+    match super::super::rest::take_string(&mut v, &field) {
+        Some(s) => Ok(StoreReply::Value(SecretBytes::new(s.into_bytes()))),
+        None => Err(StoreError::Failed(format!(
             "vault: entry '{name}' exists but no secret key is present"
         ))),
     }
@@ -288,7 +290,7 @@ pub fn unwrap_result(r: &HttpResponse) -> Result<SecretBytes, StoreError> {
     }
     let mut v: Value = serde_json::from_slice(&r.body)
         .map_err(|e| StoreError::Failed(format!("vault: invalid transit answer: {e}")))?;
-    let Value::String(b64) = v["data"]["plaintext"].take() else {
+    let Some(b64) = super::super::rest::take_string(&mut v, &["data", "plaintext"]) else {
         return Err(StoreError::Failed("vault: transit answer has no plaintext".into()));
     };
     let b64 = Zeroizing::new(b64);
@@ -339,11 +341,11 @@ pub fn token_result(r: &HttpResponse) -> Result<Token, StoreError> {
     }
     let mut v: Value = serde_json::from_slice(&r.body)
         .map_err(|e| StoreError::Failed(format!("vault: invalid login answer: {e}")))?;
-    let auth = &mut v["auth"];
-    let token = match auth["client_token"].take() {
-        Value::String(t) if !t.is_empty() => Zeroizing::new(t),
+    let token = match super::super::rest::take_string(&mut v, &["auth", "client_token"]) {
+        Some(t) if !t.is_empty() => Zeroizing::new(t),
         _ => return Err(StoreError::Failed("vault: login answer has no token".into())),
     };
+    let auth = &v["auth"];
     Ok(Token {
         token,
         ttl: Duration::from_secs(auth["lease_duration"].as_u64().unwrap_or(0)),
