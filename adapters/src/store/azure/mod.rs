@@ -213,9 +213,7 @@ impl Inner {
             names.extend(page);
             match next {
                 // nextLink is absolute; only the vault's own links are followed.
-                Some(link) if url_origin(&link) == url_origin(&self.api_url()) => {
-                    path = url_path(&link)
-                }
+                Some(link) if same_origin(&link, &self.api_url()) => path = url_path(&link),
                 Some(link) => {
                     return Err(StoreError::Failed(format!(
                         "azure: listing points elsewhere ({})",
@@ -241,8 +239,12 @@ impl Inner {
         body: Option<&Zeroizing<Vec<u8>>>,
         idempotent: bool,
     ) -> Result<HttpResponse, StoreError> {
-        let sep = if path.contains('?') { '&' } else { '?' };
-        let path = format!("{path}{sep}api-version={}", proto::API_VERSION);
+        // A nextLink carries its own api-version.
+        let path = match (path.contains("api-version="), path.contains('?')) {
+            (true, _) => path.to_owned(),
+            (false, true) => format!("{path}&api-version={}", proto::API_VERSION),
+            (false, false) => format!("{path}?api-version={}", proto::API_VERSION),
+        };
         let make = |auth: &str| {
             let req = HttpRequest::new(method, path.clone()).header("Authorization", auth);
             match body {
@@ -278,8 +280,36 @@ impl Inner {
     }
 }
 
+/// Whether two URLs name the same server: Azure's nextLinks spell out the
+/// default port (`https://v.vault.azure.net:443/...`).
+fn same_origin(a: &str, b: &str) -> bool {
+    let norm = |u: &str| {
+        let o = url_origin(u).to_ascii_lowercase();
+        let o =
+            o.strip_suffix(":443").filter(|_| o.starts_with("https://")).unwrap_or(&o).to_owned();
+        o.strip_suffix(":80").filter(|_| o.starts_with("http://")).unwrap_or(&o).to_owned()
+    };
+    norm(a) == norm(b)
+}
+
 /// Whether two key values are equal, in constant time.
 fn same(a: &SecretBytes, b: &SecretBytes) -> bool {
     use subtle::ConstantTimeEq;
     a.expose().ct_eq(b.expose()).into()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn next_links_with_the_default_port_are_the_vault_itself() {
+        use super::same_origin;
+        assert!(same_origin(
+            "https://v.vault.azure.net:443/secrets?x",
+            "https://v.vault.azure.net"
+        ));
+        assert!(same_origin("https://V.vault.azure.net/secrets", "https://v.vault.azure.net"));
+        assert!(same_origin("https://localhost:8443/s", "https://localhost:8443"));
+        assert!(!same_origin("https://evil.example/secrets", "https://v.vault.azure.net"));
+        assert!(!same_origin("http://v.vault.azure.net/secrets", "https://v.vault.azure.net"));
+    }
 }
