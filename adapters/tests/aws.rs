@@ -117,13 +117,18 @@ fn secrets_manager_with_signature_checking() {
     let list = c.call("GET", "/v1/key/list/bulk-", b"").unwrap().text();
     assert_eq!(list.lines().count(), 120, "all pages listed");
 
+    // A rotation rewrites the secret (forced delete, then create).
+    let r = c.call("PUT", "/v1/key/rotate/k1", b"").unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+
     // A restart keeps everything; deletes are immediate.
     server.stop();
     let mut config = config_with_admin(&admin);
     config.keystore = moto.config(&moto.secret);
     let server = pki.start(config);
     let c = Client::new(&pki, Some(&admin), server.addr());
-    assert_eq!(c.json("PUT", "/v1/key/decrypt/k1", dec).json()["plaintext"], dek["plaintext"]);
+    let r = c.json("PUT", "/v1/key/decrypt/k1", dec).json();
+    assert_eq!((&r["plaintext"], &r["version"]), (&dek["plaintext"], &json!(1)));
     assert_eq!(c.call("DELETE", "/v1/key/delete/k1", b"").unwrap().status, 200);
     assert_eq!(c.json("PUT", "/v1/key/generate/k1", json!({})).status, 404);
     assert_eq!(c.call("PUT", "/v1/key/create/k1", b"").unwrap().status, 200, "name reusable");

@@ -7,7 +7,7 @@
 //!
 //! Each store runs the same lifecycle through a kes server: create,
 //! import, generate, decrypt, list over several pages, delete and reuse a
-//! name, a kes restart, tokens expiring and being revoked, and an outage
+//! name, a key rotation, a kes restart, tokens expiring and being revoked, and an outage
 //! of the store (a TCP proxy in between refuses connections) with
 //! `cache.offline` set.
 
@@ -249,12 +249,27 @@ fn lifecycle(
     assert_eq!(c.call("PUT", "/v1/key/create/k1", b"").unwrap().status, 200, "name reusable");
     assert_eq!(c.call("DELETE", "/v1/key/delete/nope", b"").unwrap().status, 404);
 
-    // kes restarts: the keys are in the store.
+    // Key versions: a rotation rewrites the key's entry through the staging
+    // protocol (names the store must accept); old data keeps decrypting.
+    let r = c.call("PUT", "/v1/key/rotate/k2", b"").unwrap();
+    assert_eq!((r.status, r.json()["version"].clone()), (200, json!(2)), "{}", r.text());
+    let dek3 = c.json("PUT", "/v1/key/generate/k2", json!({})).json();
+    assert_eq!(dek3["version"], 2);
+    let list = c.call("GET", "/v1/key/list/k", b"").unwrap().text();
+    assert_eq!(list.lines().count(), 2, "no staged copy is listed: {list}");
+
+    // kes restarts: the keys (and versions) are in the store.
     server.stop();
     let (server, c) = start();
+    let r = c.json("PUT", "/v1/key/decrypt/k2", dec2.clone()).json();
     assert_eq!(
-        c.json("PUT", "/v1/key/decrypt/k2", dec2.clone()).json()["plaintext"],
-        dek2["plaintext"]
+        (r["plaintext"].clone(), r["version"].clone()),
+        (dek2["plaintext"].clone(), json!(1))
+    );
+    let r = c.json("PUT", "/v1/key/decrypt/k2", json!({"ciphertext": dek3["ciphertext"]})).json();
+    assert_eq!(
+        (r["plaintext"].clone(), r["version"].clone()),
+        (dek3["plaintext"].clone(), json!(2))
     );
 
     // Tokens expire (the fakes grant TTL seconds) and are refreshed.
@@ -368,7 +383,7 @@ fn gcp_secret_manager_on_drongo() {
     let pki = Pki::new();
     let no_env = |_: &str| None;
     lifecycle(&pki, config(pem), &no_env, &proxy, &stats, None);
-    // The values are KES's: the encoded key, base64 in version 1's payload.
+    // Values live in version 1's payload, base64.
     let out = Command::new("curl")
         .args([
             "-sS",
@@ -378,7 +393,9 @@ fn gcp_secret_manager_on_drongo() {
         .unwrap();
     let v: Value = serde_json::from_slice(&out.stdout).unwrap();
     let file = STANDARD.decode(v["payload"]["data"].as_str().unwrap()).unwrap();
-    assert!(kes_core::crypto::keyfile::decode(&file).is_ok(), "a KES key value");
+    // k2 was rotated: a ring that embeds both versions' KES values.
+    let ring = kes_core::crypto::KeyRing::decode(&file).unwrap();
+    assert!(ring.is_versioned() && ring.versions().len() == 2);
 }
 
 #[test]

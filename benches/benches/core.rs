@@ -7,7 +7,7 @@ use std::time::Instant;
 use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
 use http::Method;
 use kes_core::config::{AdminSetting, Config};
-use kes_core::crypto::{ciphertext, CiphertextFormat, SecretKey};
+use kes_core::crypto::{ciphertext, ring, CiphertextFormat, KeyRing, SecretBytes, SecretKey};
 use kes_core::policy::{Binding, Pattern, Policy, PolicySet};
 use kes_core::testing::{Harness, SeededRng};
 use kes_core::{Caller, Identity, Now, Request, UnixTime};
@@ -138,5 +138,35 @@ fn policy(c: &mut Criterion) {
     }
 }
 
-criterion_group!(benches, requests, crypto, routing, policy);
+/// Key versions: decrypting a raw ciphertext sealed under the oldest of n
+/// active versions tries every newer one first (the worst case); a JSON
+/// ciphertext names its version by key ID and costs one try.
+fn versions(c: &mut Criterion) {
+    let mut rng = SeededRng(5);
+    let first = SecretKey::generate(&mut rng, UnixTime::default(), None);
+    let dek = [7u8; 32];
+    let raw = first.encrypt(&dek, b"ctx", CiphertextFormat::Raw, &mut rng);
+    let json = first.encrypt(&dek, b"ctx", CiphertextFormat::Json, &mut rng);
+    let mut ring = KeyRing::single(first, SecretBytes::new(Vec::new()));
+    let mut g = c.benchmark_group("versions");
+    g.throughput(Throughput::Elements(1));
+    for n in 1..=ring::MAX_ACTIVE {
+        if [1, 2, 8, 32].contains(&n) {
+            assert_eq!(ring.decrypt(&raw, b"ctx").map(|(_, v)| v).ok(), Some(1));
+            g.bench_function(format!("open-oldest-raw/{n}"), |b| {
+                b.iter(|| black_box(ring.decrypt(&raw, b"ctx").is_ok()))
+            });
+            g.bench_function(format!("open-oldest-json/{n}"), |b| {
+                b.iter(|| black_box(ring.decrypt(&json, b"ctx").is_ok()))
+            });
+        }
+        if n < ring::MAX_ACTIVE {
+            let next = SecretKey::generate(&mut rng, UnixTime::default(), None);
+            ring = ring.rotated(next).expect("below the bound");
+        }
+    }
+    g.finish();
+}
+
+criterion_group!(benches, requests, crypto, versions, routing, policy);
 criterion_main!(benches);

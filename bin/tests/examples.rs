@@ -311,6 +311,12 @@ fn store_example(dir: &Path, file: &str, extra: &[(&str, String)], mut env: Vec<
         let e = e.unwrap();
         std::fs::copy(e.path(), src.join(e.file_name())).unwrap();
     }
+    // A rotated key (a ring of versions) moves along like any key value.
+    let first = std::fs::read(src.join("alpha")).unwrap();
+    let v2 = kes_core::crypto::SecretKey::new([5; 32], None, Some([6; 32]), None, None);
+    let ring = kes_core::crypto::KeyRing::decode(&first).unwrap().rotated(v2).unwrap();
+    let ring = ring.encode(kes_core::UnixTime::from_parts(1_800_000_000, 0));
+    std::fs::write(src.join("rotated"), ring.expose()).unwrap();
     for (name, path) in [("src.yml", &src), ("back.yml", &dir.join("back"))] {
         let text = format!("keystore:\n  fs:\n    path: {}\n", path.display());
         std::fs::write(dir.join(name), text).unwrap();

@@ -16,20 +16,22 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use crate::config::CacheConfig;
-use crate::crypto::SecretKey;
+use crate::crypto::KeyRing;
 use crate::name::KeyName;
 
 /// How often the store is probed while offline caching is enabled.
 pub const PROBE_INTERVAL: Duration = Duration::from_secs(10);
 
 struct Entry {
-    key: SecretKey,
+    key: KeyRing,
     used: bool,
+    /// When it was read from the store (`None`: unknown, counts as old).
+    loaded: Option<Instant>,
 }
 
 /// An expired key kept for an outage, and when it expired.
 struct Stale {
-    key: SecretKey,
+    key: KeyRing,
     since: Instant,
 }
 
@@ -71,16 +73,28 @@ impl KeyCache {
     }
 
     /// A cached key, marking it used.
-    pub fn get(&mut self, name: &str) -> Option<&SecretKey> {
+    pub fn get(&mut self, name: &str) -> Option<&KeyRing> {
         let e = self.entries.get_mut(name)?;
         e.used = true;
         Some(&e.key)
     }
 
     /// Caches a key just read from the store (marked used).
-    pub fn insert(&mut self, name: KeyName, key: SecretKey) {
+    pub fn insert(&mut self, name: KeyName, key: KeyRing) {
         self.stale.remove(name.as_str());
-        self.entries.insert(name, Entry { key, used: true });
+        self.entries.insert(name, Entry { key, used: true, loaded: None });
+    }
+
+    /// Caches a key read from the store at `now`.
+    pub fn insert_at(&mut self, name: KeyName, key: KeyRing, now: Instant) {
+        self.stale.remove(name.as_str());
+        self.entries.insert(name, Entry { key, used: true, loaded: Some(now) });
+    }
+
+    /// Whether a cached key was read from the store before `t` (so
+    /// reading it again may find versions added elsewhere since).
+    pub fn loaded_before(&self, name: &str, t: Instant) -> bool {
+        self.entries.get(name).is_some_and(|e| e.loaded.is_none_or(|l| l < t))
     }
 
     /// Drops a key (after delete, or when the store says it is gone).
@@ -95,7 +109,7 @@ impl KeyCache {
         let fresh = |s: &Stale| now.saturating_duration_since(s.since) < self.cfg.offline;
         match self.stale.remove_entry(name) {
             Some((name, s)) if fresh(&s) => {
-                self.entries.insert(name, Entry { key: s.key, used: true });
+                self.entries.insert(name, Entry { key: s.key, used: true, loaded: None });
                 true
             }
             _ => false,
@@ -201,8 +215,13 @@ fn next_after(mut t: Instant, period: Duration, now: Instant) -> Instant {
 mod tests {
     use super::*;
 
-    fn key() -> SecretKey {
-        SecretKey::new([7; 32], None, None, None, None)
+    fn ring(k: [u8; 32]) -> KeyRing {
+        use crate::crypto::{SecretBytes, SecretKey};
+        KeyRing::single(SecretKey::new(k, None, None, None, None), SecretBytes::new(Vec::new()))
+    }
+
+    fn key() -> KeyRing {
+        ring([7; 32])
     }
 
     fn name(s: &str) -> KeyName {
@@ -291,12 +310,12 @@ mod tests {
         };
         let mut c = KeyCache::new(cfg, t0);
         let name = KeyName::parse("k").unwrap();
-        c.insert(name.clone(), SecretKey::new([1; 32], None, None, None, None));
+        c.insert(name.clone(), ring([1; 32]));
         c.handle_timeout(t0 + Duration::from_secs(2));
         assert!(c.get("k").is_none(), "expired: the store is asked again");
         // The store answers NotFound: deleted meanwhile, gone for good.
         let mut gone = KeyCache::new(cfg, t0);
-        gone.insert(name.clone(), SecretKey::new([1; 32], None, None, None, None));
+        gone.insert(name.clone(), ring([1; 32]));
         gone.handle_timeout(t0 + Duration::from_secs(2));
         gone.evict("k");
         assert!(!gone.restore_stale("k", t0 + Duration::from_secs(3)));
@@ -308,7 +327,7 @@ mod tests {
         assert!(!c.restore_stale("k", t0 + Duration::from_secs(40)));
         // Without offline caching nothing is kept aside.
         let mut plain = KeyCache::new(CacheConfig { offline: Duration::ZERO, ..cfg }, t0);
-        plain.insert(name, SecretKey::new([1; 32], None, None, None, None));
+        plain.insert(name, ring([1; 32]));
         plain.handle_timeout(t0 + Duration::from_secs(2));
         assert!(!plain.restore_stale("k", t0 + Duration::from_secs(3)));
     }

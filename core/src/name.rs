@@ -32,6 +32,20 @@ impl KeyName {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+
+    /// The store entry that holds a key's new versions while they are being
+    /// written (see `server::rotation`). Its name is longer than any key
+    /// name may be, so no client can create it, and uses only characters
+    /// every store accepts (GCP and Azure allow no `.`): the key name, `-`,
+    /// its length in two digits, then `0`s up to `MAX_NAME_LEN + 1`. The
+    /// length digits make it unambiguous (`a` and `a-` differ).
+    pub fn staging(&self) -> KeyName {
+        let mut s = format!("{}-{:02}", self.0, self.0.len());
+        while s.len() <= MAX_NAME_LEN {
+            s.push('0');
+        }
+        KeyName(s)
+    }
 }
 
 /// True if `s` is a valid key, policy or identity name.
@@ -151,6 +165,15 @@ mod tests {
     }
 
     #[test]
+    fn staging_names_tell_similar_keys_apart() {
+        let s = |n: &str| KeyName::parse(n).unwrap().staging().as_str().to_owned();
+        assert_ne!(s("a"), s("a-"));
+        assert_ne!(s("a"), s("a-01"));
+        assert!(s("a").starts_with("a-01000"));
+        assert_eq!(s(&"k".repeat(80)), format!("{}-80", "k".repeat(80)));
+    }
+
+    #[test]
     fn list_patterns() {
         assert_eq!(ListPattern::parse("").unwrap(), ListPattern::Prefix(String::new()));
         assert_eq!(ListPattern::parse("*").unwrap(), ListPattern::Prefix(String::new()));
@@ -165,6 +188,17 @@ mod tests {
         #[test]
         fn parse_display_round_trip(s in "[0-9A-Za-z_-]{1,80}") {
             prop_assert_eq!(KeyName::parse(&s).unwrap().to_string(), s);
+        }
+
+        /// No client name is a staging name, staging names never collide,
+        /// and they use only characters every store accepts.
+        #[test]
+        fn staging_names_are_reserved_and_distinct(a in "[0-9A-Za-z_-]{1,80}", b in "[0-9A-Za-z_-]{1,80}") {
+            let (sa, sb) = (KeyName::parse(&a).unwrap().staging(), KeyName::parse(&b).unwrap().staging());
+            prop_assert!(!valid_name(sa.as_str()));
+            prop_assert_eq!(sa.as_str().len(), (a.len() + 3).max(MAX_NAME_LEN + 1));
+            prop_assert!(sa.as_str().bytes().all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_'));
+            prop_assert_eq!(a == b, sa == sb);
         }
 
         #[test]

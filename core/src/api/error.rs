@@ -63,6 +63,16 @@ pub enum ApiError {
     BadPath,
     /// A stored key could not be decoded.
     KeyMalformed,
+    /// A key version that does not exist (never, or purged).
+    NoSuchVersion(u32),
+    /// A key version that is retired.
+    VersionRetired(u32),
+    /// Rotation would leave too many versions active.
+    TooManyVersions,
+    /// A minimum version below the current one or above the newest.
+    InvalidMinVersion(u32),
+    /// Another request is changing the key's versions right now.
+    KeyBusy,
     /// The key store failed while creating.
     StoreCreate,
     /// The key store failed while reading.
@@ -77,6 +87,19 @@ pub enum ApiError {
     StoreUnavailable,
     /// The request did not finish within its route's timeout.
     Timeout,
+}
+
+impl From<crate::crypto::RingError> for ApiError {
+    fn from(e: crate::crypto::RingError) -> Self {
+        use crate::crypto::RingError as R;
+        match e {
+            R::NoSuchVersion(v) => Self::NoSuchVersion(v),
+            R::Retired(v) => Self::VersionRetired(v),
+            R::TooManyActive => Self::TooManyVersions,
+            R::InvalidMinimum(v) => Self::InvalidMinVersion(v),
+            R::NotAuthentic => Self::NotAuthentic,
+        }
+    }
 }
 
 impl ApiError {
@@ -126,6 +149,24 @@ impl ApiError {
             Self::KeyMalformed => {
                 (S::INTERNAL_SERVER_ERROR, "failed to read key: key is malformed")
             }
+            Self::NoSuchVersion(v) => {
+                return (S::NOT_FOUND, format!("key version {v} does not exist"))
+            }
+            Self::VersionRetired(v) => {
+                return (S::BAD_REQUEST, format!("key version {v} is retired"))
+            }
+            Self::TooManyVersions => {
+                (S::CONFLICT, "too many active key versions: retire old versions before rotating")
+            }
+            Self::InvalidMinVersion(v) => {
+                return (
+                    S::BAD_REQUEST,
+                    format!(
+                        "invalid minimum version {v}: it may only rise, up to the newest version"
+                    ),
+                )
+            }
+            Self::KeyBusy => (S::CONFLICT, "key versions are being changed: try again"),
             Self::StoreCreate => (S::BAD_GATEWAY, "failed to create key"),
             Self::StoreRead => (S::BAD_GATEWAY, "failed to read key"),
             Self::StoreDelete => (S::BAD_GATEWAY, "failed to delete key"),

@@ -40,6 +40,10 @@ pub enum Op {
     KeyDecrypt,
     KeyBulkDecrypt,
     KeyHmac,
+    KeyRotate,
+    KeyRewrap,
+    KeyRetire,
+    KeyPurge,
     PolicyDescribe,
     PolicyRead,
     PolicyWrite,
@@ -137,6 +141,11 @@ pub static ROUTES: &[Route] = &[
         true
     ),
     route!("/v1/key/hmac/", PUT, POST, MIB, S15, Policy, KeyHmac, true),
+    // Key versions: an extension of KES (README, "Key versions").
+    route!("/v1/key/rotate/", PUT, POST, 0, S15, Policy, KeyRotate, true),
+    route!("/v1/key/rewrap/", PUT, POST, MIB, S15, Policy, KeyRewrap, true),
+    route!("/v1/key/retire/", PUT, POST, MIB, S15, Policy, KeyRetire, true),
+    route!("/v1/key/purge/", PUT, POST, 0, S15, Policy, KeyPurge, true),
     route!("/v1/policy/describe/", GET, Some(Method::HEAD), 0, S15, Policy, PolicyDescribe, true),
     route!("/v1/policy/read/", GET, None, 0, S15, Policy, PolicyRead, true),
     route!("/v1/policy/write/", POST, Some(Method::PUT), MIB, S15, Policy, PolicyWrite, true),

@@ -95,6 +95,24 @@ pub fn decode(c: &[u8]) -> Option<Parsed<'_>> {
     structured.or_else(|| decode_raw(c))
 }
 
+/// The key ID a JSON or MessagePack ciphertext names, if any (raw
+/// ciphertexts name none). Used only to pick a key version; the tag decides.
+pub fn key_id(c: &[u8]) -> Option<String> {
+    match c.first()? {
+        0x95 => {
+            let rest = c.strip_prefix(&[0x95])?;
+            let (_alg, rest) = mp_str(rest)?;
+            let (id, _) = mp_str(rest)?;
+            std::str::from_utf8(id).ok().map(str::to_owned)
+        }
+        b'{' => {
+            let [id] = crate::api::wire::string_fields(c, ["id"]).ok()?;
+            id.map(|s| s.into_owned())
+        }
+        _ => None,
+    }
+}
+
 fn decode_raw(c: &[u8]) -> Option<Parsed<'_>> {
     if c.len() <= 28 {
         return None;
@@ -223,6 +241,18 @@ pub(crate) mod tests {
                 hex("3432fc4c4943c9724629976bb67a72377f3c3ec95ab50ce91dd354def2dbda38110004ed97560ccfcd4118993dd9c46500112233445566778899aabbccddeeff0f0e0d0c0b0a090807060504"),
             ]),
         ]
+    }
+
+    #[test]
+    fn key_ids_of_legacy_formats() {
+        // crypto.md §7.3 AES-V1 and §7.4 (v0.23 names) AES-V1: K1's ID.
+        let json = br#"{"aead":"AES-256-GCM-HMAC-SHA-256","id":"630dcd2966c4336691125448bbb25b4f","iv":"oKGio6SlpqeoqaqrrK2urw==","nonce":"sLGys7S1tre4ubq7","bytes":"gyKSCDNX6+7Y1QPFxp3MwA=="}"#;
+        let mp = hex("95a6414553323536d9203633306463643239363663343333363639313132353434386262623235623466c410a0a1a2a3a4a5a6a7a8a9aaabacadaeafc40cb0b1b2b3b4b5b6b7b8b9babbc410832292083357ebeed8d503c5c69dccc0");
+        assert_eq!(key_id(json).as_deref(), Some("630dcd2966c4336691125448bbb25b4f"));
+        assert_eq!(key_id(&mp).as_deref(), Some("630dcd2966c4336691125448bbb25b4f"));
+        let raw = hex("832292083357ebeed8d503c5c69dccc0a0a1a2a3a4a5a6a7a8a9aaabacadaeafb0b1b2b3b4b5b6b7b8b9babb");
+        assert_eq!(key_id(&raw), None);
+        assert_eq!(key_id(b""), None);
     }
 
     #[test]

@@ -83,6 +83,12 @@ impl SecretKey {
         &self.key
     }
 
+    /// The v0.19 key ID: lowercase hex of SHA-256(key)[..16], as JSON and
+    /// MessagePack ciphertexts carry it.
+    pub fn key_id(&self) -> &str {
+        &self.key_id
+    }
+
     /// The HMAC key, if this key has one (v0.24 keys do, older keys do not).
     pub fn hmac_key(&self) -> Option<&[u8; 32]> {
         self.hmac_key.as_deref()

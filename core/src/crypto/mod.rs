@@ -8,14 +8,17 @@
 //!   MessagePack, v0.24 raw).
 //! - [`key`]: master keys, sealing and opening in those formats.
 //! - [`keyfile`]: the stored key encodings of every KES generation.
+//! - [`ring`]: key versions (an extension): a rotated key's versions.
 
 pub mod aead;
 pub mod ciphertext;
 pub mod key;
 pub mod keyfile;
+pub mod ring;
 pub mod secret;
 
 pub use aead::{Algorithm, NotAuthentic};
 pub use ciphertext::CiphertextFormat;
 pub use key::SecretKey;
+pub use ring::{KeyRing, RingError};
 pub use secret::SecretBytes;

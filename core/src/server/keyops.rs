@@ -9,19 +9,38 @@ use serde_json::json;
 use super::{InFlight, Parked, Server};
 use crate::api::wire::{b64, JSON};
 use crate::api::{ApiError, Response};
-use crate::crypto::{keyfile, CiphertextFormat, SecretBytes, SecretKey};
+use crate::crypto::{CiphertextFormat, KeyRing, SecretBytes};
 use crate::keystore::{Command, StoreError, StoreReply};
 use crate::name::KeyName;
 use crate::time::{Now, GO_ZERO_TIME};
 
 /// What a request wants done with a key.
+/// `version` (kms-go's field): seal under that version; `None`: the newest.
+#[derive(Clone)]
 pub(super) enum KeyOp {
     Describe(KeyName),
-    Generate { context: Vec<u8> },
-    Encrypt { plaintext: SecretBytes, context: Vec<u8> },
-    Decrypt { ciphertext: Vec<u8>, context: Vec<u8> },
+    Generate {
+        context: Vec<u8>,
+        version: Option<u32>,
+    },
+    Encrypt {
+        plaintext: SecretBytes,
+        context: Vec<u8>,
+        version: Option<u32>,
+    },
+    Decrypt {
+        ciphertext: Vec<u8>,
+        context: Vec<u8>,
+    },
+    /// Opens under whichever version sealed it, seals under the newest.
+    Rewrap {
+        ciphertext: Vec<u8>,
+        context: Vec<u8>,
+    },
     Bulk(Vec<(Vec<u8>, Vec<u8>)>),
-    Hmac { message: Vec<u8> },
+    Hmac {
+        message: Vec<u8>,
+    },
 }
 
 impl Server {
@@ -39,12 +58,27 @@ impl Server {
     ) {
         let Parked { id, ctx, deadline } = parked;
         let format = self.compat.ciphertext;
+        // A ciphertext that no cached version opens may be sealed under a
+        // version another node added since: read the key again, once
+        // (at most once per REFRESH per key, so bad ciphertexts cannot
+        // turn into a stream of store reads).
+        let opens = matches!(op, KeyOp::Decrypt { .. } | KeyOp::Rewrap { .. } | KeyOp::Bulk(_));
+        let refresh = opens
+            && now.instant.checked_sub(REFRESH).is_some_and(|t| self.cache.loaded_before(name, t));
+        let mut op = Some(op);
         if let Some(key) = self.cache.get(name) {
-            let r = run_key_op(key, op, format, rng);
-            self.metrics.cache_hits += 1;
-            self.finish_result(id, ctx, r, now);
-            return;
+            let retry = if refresh { op.clone() } else { None };
+            let r = run_key_op(key, op.take().expect("set above"), format, rng);
+            match (r, retry) {
+                (Err(ApiError::NotAuthentic), Some(again)) => op = Some(again),
+                (r, _) => {
+                    self.metrics.cache_hits += 1;
+                    self.finish_result(id, ctx, r, now);
+                    return;
+                }
+            }
         }
+        let op = op.expect("not run yet");
         self.metrics.cache_misses += 1;
         let name = match KeyName::parse(name) {
             Ok(n) => n,
@@ -55,23 +89,30 @@ impl Server {
         waiters.push((id, op));
         if waiters.len() == 1 {
             let cid = self.command(Command::Get { name: name.clone() }, now);
-            self.fetches.insert(cid, name);
+            self.fetches.insert(cid, (name, Fetch::Key));
         }
     }
 
     pub(super) fn finish_fetch(
         &mut self,
-        name: KeyName,
+        (name, fetch): (KeyName, Fetch),
         result: Result<StoreReply, StoreError>,
         now: Now,
         rng: &mut dyn CryptoRngCore,
     ) {
+        // A key whose entry is gone may be mid-way through a change of its
+        // versions (server::rotation): its new state is staged.
+        if fetch == Fetch::Key && matches!(result, Err(StoreError::NotFound)) {
+            let cid = self.command(Command::Get { name: name.staging() }, now);
+            self.fetches.insert(cid, (name, Fetch::Staged));
+            return;
+        }
         let waiters = self.fetching.remove(&name).unwrap_or_default();
         let outcome: Result<(), ApiError> = match result {
-            Ok(StoreReply::Value(v)) => match keyfile::decode(v.expose()) {
+            Ok(StoreReply::Value(v)) => match KeyRing::decode(v.expose()) {
                 Ok(key) => {
                     self.cache.set_offline(false, now.instant);
-                    self.cache.insert(name.clone(), key);
+                    self.cache.insert_at(name.clone(), key, now.instant);
                     Ok(())
                 }
                 Err(e) => {
@@ -98,66 +139,115 @@ impl Server {
         };
         let format = self.compat.ciphertext;
         for (req, op) in waiters {
-            let r = match &outcome {
-                Ok(()) => match self.cache.get(name.as_str()) {
-                    Some(key) => run_key_op(key, op, format, rng),
-                    None => Err(ApiError::StoreRead),
-                },
-                Err(e) => Err(e.clone()),
+            let r = match (&outcome, self.cache.get(name.as_str())) {
+                (Ok(()), Some(key)) => run_key_op(key, op, format, rng),
+                (Ok(()), None) => Err(ApiError::StoreRead),
+                // A re-read of a cached key failed (store down): the cached
+                // key still answers.
+                (Err(_), Some(key)) => run_key_op(key, op, format, rng),
+                (Err(e), None) => Err(e.clone()),
             };
             self.complete(req, r, now);
         }
     }
 }
 
-/// Runs an operation on a key in hand.
+/// The least time between two re-reads of a cached key for a ciphertext
+/// it could not open.
+const REFRESH: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Which entry a key fetch reads: the key's own, or its staged new state.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Fetch {
+    Key,
+    Staged,
+}
+
+/// Runs an operation on a key in hand. A key that was never rotated
+/// answers exactly as KES does; a rotated one also names versions.
 fn run_key_op(
-    key: &SecretKey,
+    ring: &KeyRing,
     op: KeyOp,
     format: CiphertextFormat,
     rng: &mut dyn CryptoRngCore,
 ) -> Result<Response, ApiError> {
+    let versioned = ring.is_versioned();
     match op {
-        KeyOp::Describe(name) => {
-            let mut v = json!({
-                "name": name.as_str(),
-                "created_at": key.created_at.unwrap_or(GO_ZERO_TIME).to_string(),
-            });
-            if let Some(a) = key.algorithm() {
-                v["algorithm"] = a.v24_name().into();
-            }
-            if let Some(by) = &key.created_by {
-                v["created_by"] = by.clone().into();
-            }
-            Ok(Response::json(&v))
-        }
-        KeyOp::Generate { context } => {
+        KeyOp::Describe(name) => Ok(Response::json(&describe(&name, ring))),
+        KeyOp::Generate { context, version } => {
+            let v = ring.sealing(version)?;
             let mut dek = zeroize::Zeroizing::new([0u8; 32]);
             rng.fill_bytes(dek.as_mut());
-            let ct = key.encrypt(dek.as_slice(), &context, format, rng);
-            Ok(secret_json(&[("plaintext", dek.as_slice()), ("ciphertext", &ct)]))
+            let ct = v.key.encrypt(dek.as_slice(), &context, format, rng);
+            let fields = [("plaintext", dek.as_slice()), ("ciphertext", &ct)];
+            Ok(secret_json(&fields, versioned.then_some(v.number)))
         }
-        KeyOp::Encrypt { plaintext, context } => {
-            let ct = key.encrypt(plaintext.expose(), &context, format, rng);
-            Ok(secret_json(&[("ciphertext", &ct)]))
+        KeyOp::Encrypt { plaintext, context, version } => {
+            let v = ring.sealing(version)?;
+            let ct = v.key.encrypt(plaintext.expose(), &context, format, rng);
+            Ok(secret_json(&[("ciphertext", &ct)], versioned.then_some(v.number)))
         }
         KeyOp::Decrypt { ciphertext, context } => {
-            let pt = key.decrypt(&ciphertext, &context).map_err(|_| ApiError::NotAuthentic)?;
-            Ok(secret_json(&[("plaintext", pt.expose())]))
+            let (pt, number) = ring.decrypt(&ciphertext, &context)?;
+            Ok(secret_json(&[("plaintext", pt.expose())], versioned.then_some(number)))
         }
-        KeyOp::Bulk(items) => bulk_decrypt(key, items),
+        KeyOp::Rewrap { ciphertext, context } => {
+            let (pt, _) = ring.decrypt(&ciphertext, &context)?;
+            let v = ring.latest();
+            let ct = v.key.encrypt(pt.expose(), &context, format, rng);
+            Ok(secret_json(&[("ciphertext", &ct)], Some(v.number)))
+        }
+        KeyOp::Bulk(items) => bulk_decrypt(ring, items),
         KeyOp::Hmac { message } => {
-            let mac = key.hmac(&message).ok_or(ApiError::NoHmacKey)?;
-            Ok(secret_json(&[("hmac", &mac)]))
+            // The newest version's HMAC key: rotation changes HMACs.
+            let mac = ring.latest().key.hmac(&message).ok_or(ApiError::NoHmacKey)?;
+            Ok(secret_json(&[("hmac", &mac)], None))
         }
     }
 }
 
+/// A key's description: KES's fields (of the newest version), and for a
+/// rotated key its versions.
+fn describe(name: &KeyName, ring: &KeyRing) -> serde_json::Value {
+    let key = &ring.latest().key;
+    let mut v = json!({
+        "name": name.as_str(),
+        "created_at": key.created_at.unwrap_or(GO_ZERO_TIME).to_string(),
+    });
+    if let Some(a) = key.algorithm() {
+        v["algorithm"] = a.v24_name().into();
+    }
+    if let Some(by) = &key.created_by {
+        v["created_by"] = by.clone().into();
+    }
+    if ring.is_versioned() {
+        v["version"] = ring.latest().number.into();
+        v["min_version"] = ring.min_version().into();
+        let versions: Vec<serde_json::Value> = ring
+            .versions()
+            .iter()
+            .map(|ver| {
+                let mut e = json!({
+                    "version": ver.number,
+                    "created_at": ver.key.created_at.unwrap_or(GO_ZERO_TIME).to_string(),
+                    "state": ring.state(ver.number).as_str(),
+                });
+                if let Some(by) = &ver.key.created_by {
+                    e["created_by"] = by.clone().into();
+                }
+                e
+            })
+            .collect();
+        v["versions"] = versions.into();
+    }
+    v
+}
+
 /// Decrypts every ciphertext in order; the first failure fails them all.
-fn bulk_decrypt(key: &SecretKey, items: Vec<(Vec<u8>, Vec<u8>)>) -> Result<Response, ApiError> {
+fn bulk_decrypt(ring: &KeyRing, items: Vec<(Vec<u8>, Vec<u8>)>) -> Result<Response, ApiError> {
     let mut out = Vec::with_capacity(items.len());
     for (ct, cx) in items {
-        let pt = key.decrypt(&ct, &cx).map_err(|_| ApiError::NotAuthentic)?;
+        let (pt, _) = ring.decrypt(&ct, &cx)?;
         out.push(b64(pt.expose()));
     }
     let mut body = b"[".to_vec();
@@ -174,11 +264,12 @@ fn bulk_decrypt(key: &SecretKey, items: Vec<(Vec<u8>, Vec<u8>)>) -> Result<Respo
     Ok(Response::with(StatusCode::OK, JSON, body))
 }
 
-/// A JSON object of base64 fields, built without intermediate `Value`s that
-/// would leave copies of secrets on the heap.
-fn secret_json(fields: &[(&str, &[u8])]) -> Response {
+/// A JSON object of base64 fields (and the key version that was used, for
+/// rotated keys), built in one allocation without intermediate `Value`s
+/// that would leave copies of secrets on the heap.
+fn secret_json(fields: &[(&str, &[u8])], version: Option<u32>) -> Response {
     let mut body =
-        Vec::with_capacity(fields.iter().map(|(_, v)| v.len() * 4 / 3 + 24).sum::<usize>() + 2);
+        Vec::with_capacity(fields.iter().map(|(_, v)| v.len() * 4 / 3 + 24).sum::<usize>() + 32);
     body.push(b'{');
     for (i, (name, value)) in fields.iter().enumerate() {
         if i > 0 {
@@ -197,6 +288,9 @@ fn secret_json(fields: &[(&str, &[u8])]) -> Response {
         .unwrap_or(0);
         body.truncate(start + n);
         body.push(b'"');
+    }
+    if let Some(n) = version {
+        body.extend_from_slice(format!(r#","version":{n}"#).as_bytes());
     }
     body.push(b'}');
     Response::with(StatusCode::OK, JSON, body)

@@ -17,6 +17,7 @@ mod keyops;
 mod keys;
 mod logs;
 mod policies;
+mod rotation;
 mod status;
 
 use std::collections::{BTreeMap, VecDeque};
@@ -38,7 +39,7 @@ use crate::metrics::{Metrics, SystemInfo};
 use crate::name::{KeyName, ListPattern};
 use crate::policy::{Binding, Pattern, Policy, PolicySet};
 use crate::time::Now;
-use keyops::KeyOp;
+use keyops::{Fetch, KeyOp};
 
 /// Identifies one request; the adapter picks it and gets it back with the response.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -106,6 +107,7 @@ enum Pending {
     Ready(RequestId),
     Probe,
     Declared(KeyName),
+    Ring(Box<rotation::RingWrite>),
 }
 
 /// A request that may have to wait for the store.
@@ -133,7 +135,7 @@ pub struct Server {
     next_command: u64,
     issued: BTreeMap<CommandId, Instant>,
     inflight: BTreeMap<RequestId, InFlight>,
-    fetches: BTreeMap<CommandId, KeyName>,
+    fetches: BTreeMap<CommandId, (KeyName, Fetch)>,
     fetching: BTreeMap<KeyName, Vec<(RequestId, KeyOp)>>,
     pending: BTreeMap<CommandId, Pending>,
     commands: VecDeque<(CommandId, Command)>,
@@ -297,8 +299,8 @@ impl Server {
         if let Err(StoreError::Unreachable(_)) = &result {
             self.cache.set_offline(true, now.instant);
         }
-        if let Some(name) = self.fetches.remove(&id) {
-            self.finish_fetch(name, result, now, rng);
+        if let Some(fetch) = self.fetches.remove(&id) {
+            self.finish_fetch(fetch, result, now, rng);
             return;
         }
         let Some(pending) = self.pending.remove(&id) else {
@@ -312,6 +314,7 @@ impl Server {
             Pending::List(req, pattern) => self.listed(req, pattern, result, now),
             Pending::Status(req) => self.status_result(req, result, now),
             Pending::Ready(req) => self.ready_result(req, result, now),
+            Pending::Ring(w) => self.ring_write_result(w, result, now, rng),
         }
     }
 
