@@ -128,7 +128,7 @@ fn secrets_manager_with_signature_checking() {
     let server = pki.start(config);
     let c = Client::new(&pki, Some(&admin), server.addr());
     let r = c.json("PUT", "/v1/key/decrypt/k1", dec).json();
-    assert_eq!((&r["plaintext"], &r["version"]), (&dek["plaintext"], &json!(1)));
+    assert_eq!((&r["plaintext"], &r["version"]), (&dek["plaintext"], &json!("1")));
     assert_eq!(c.call("DELETE", "/v1/key/delete/k1", b"").unwrap().status, 200);
     assert_eq!(c.json("PUT", "/v1/key/generate/k1", json!({})).status, 404);
     assert_eq!(c.call("PUT", "/v1/key/create/k1", b"").unwrap().status, 200, "name reusable");

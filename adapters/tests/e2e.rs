@@ -254,7 +254,7 @@ fn vectors(dir: &str, file: &str) {
             body["context"] = d["context"].clone();
         }
         let r = c.json("POST", &format!("/v1/key/decrypt/{}", d["key"].as_str().unwrap()), body);
-        assert_eq!((&r.json()["plaintext"], &r.json()["version"]), (&d["plaintext"], &json!(1)));
+        assert_eq!((&r.json()["plaintext"], &r.json()["version"]), (&d["plaintext"], &json!("1")));
     }
     let files = std::fs::read_dir(&keys).unwrap().count();
     assert_eq!(

@@ -49,6 +49,7 @@ fn go_net_http_client_runs_the_minio_sequence() {
         "encrypt",
         "import",
         "hmac",
+        "rotate",
         "list",
         "delete",
     ] {

@@ -254,7 +254,7 @@ fn lifecycle(
     let r = c.call("PUT", "/v1/key/rotate/k2", b"").unwrap();
     assert_eq!((r.status, r.json()["version"].clone()), (200, json!(2)), "{}", r.text());
     let dek3 = c.json("PUT", "/v1/key/generate/k2", json!({})).json();
-    assert_eq!(dek3["version"], 2);
+    assert_eq!(dek3["version"], "2");
     let list = c.call("GET", "/v1/key/list/k", b"").unwrap().text();
     assert_eq!(list.lines().count(), 2, "no staged copy is listed: {list}");
 
@@ -264,12 +264,12 @@ fn lifecycle(
     let r = c.json("PUT", "/v1/key/decrypt/k2", dec2.clone()).json();
     assert_eq!(
         (r["plaintext"].clone(), r["version"].clone()),
-        (dek2["plaintext"].clone(), json!(1))
+        (dek2["plaintext"].clone(), json!("1"))
     );
     let r = c.json("PUT", "/v1/key/decrypt/k2", json!({"ciphertext": dek3["ciphertext"]})).json();
     assert_eq!(
         (r["plaintext"].clone(), r["version"].clone()),
-        (dek3["plaintext"].clone(), json!(2))
+        (dek3["plaintext"].clone(), json!("2"))
     );
 
     // Tokens expire (the fakes grant TTL seconds) and are refreshed.

@@ -253,7 +253,7 @@ fn lifecycle(bao: &Bao, engine: &str, kv: KvVersion) {
     let r = c.call("PUT", &format!("/v1/key/rotate/{name}"), b"").unwrap();
     assert_eq!(r.status, 200, "{what}: rotate: {}", r.text());
     let rotated = c.json("PUT", &format!("/v1/key/generate/{name}"), json!({})).json();
-    assert_eq!(rotated["version"], 2, "{what}");
+    assert_eq!(rotated["version"], "2", "{what}");
 
     // A restart keeps everything: a new server on the same Vault.
     server.stop();
@@ -272,13 +272,13 @@ fn lifecycle(bao: &Bao, engine: &str, kv: KvVersion) {
         dec["context"] = dek0["context"].clone();
     }
     let r = c.json("PUT", &format!("/v1/key/decrypt/{name}"), dec).json();
-    assert_eq!((&r["plaintext"], &r["version"]), (&dek0["plaintext"], &json!(1)), "{what}");
+    assert_eq!((&r["plaintext"], &r["version"]), (&dek0["plaintext"], &json!("1")), "{what}");
     let r = c.json(
         "PUT",
         &format!("/v1/key/decrypt/{name}"),
         json!({"ciphertext": rotated["ciphertext"]}),
     );
-    assert_eq!(r.json()["version"], 2, "{what}: {}", r.text());
+    assert_eq!(r.json()["version"], "2", "{what}: {}", r.text());
     assert_eq!(c.call("DELETE", "/v1/key/delete/k1", b"").unwrap().status, 200);
     let r = c.json("PUT", "/v1/key/generate/k1", json!({}));
     assert_eq!(r.status, 404, "{what}: deleted: {}", r.text());

@@ -81,7 +81,7 @@ fn rotation_keeps_old_data_readable_in_every_format() {
         assert!(!h.store.keys.contains_key(&staging("k")), "staged copy removed");
         assert!(KeyRing::decode(&stored(&h, "k")).unwrap().is_versioned());
         let new = ok(&mut h, Method::PUT, "/v1/key/generate/k", ctx.clone());
-        assert_eq!(new["version"], 2);
+        assert_eq!(new["version"], "2");
 
         // Both decrypt, each naming its version.
         for (dek, version) in [(&old, 1), (&new, 2)] {
@@ -90,7 +90,7 @@ fn rotation_keeps_old_data_readable_in_every_format() {
             let v: Value = serde_json::from_slice(&r.body).unwrap();
             assert_eq!(
                 (v["plaintext"].clone(), v["version"].clone()),
-                (dek["plaintext"].clone(), json!(version))
+                (dek["plaintext"].clone(), json!(version.to_string()))
             );
         }
         assert_eq!(decrypt(&mut h, &old["ciphertext"], "wrong").status, StatusCode::BAD_REQUEST);
@@ -102,11 +102,15 @@ fn rotation_keeps_old_data_readable_in_every_format() {
         assert_eq!(r.status, StatusCode::OK);
 
         // Seal under a chosen version (kms-go's field), then move data forward.
-        let v1 = ok(&mut h, Method::PUT, "/v1/key/generate/k", json!({"version": 1}));
-        assert_eq!(v1["version"], 1);
+        let v1 = ok(&mut h, Method::PUT, "/v1/key/generate/k", json!({"version": "1"}));
+        assert_eq!(v1["version"], "1");
+        let same = ok(&mut h, Method::PUT, "/v1/key/generate/k", json!({"version": 1}));
+        assert_eq!(same["version"], "1", "a number works too");
+        let newest = ok(&mut h, Method::PUT, "/v1/key/generate/k", json!({"version": ""}));
+        assert_eq!(newest["version"], "2", "empty: the newest");
         let rewrapped =
             ok(&mut h, Method::PUT, "/v1/key/rewrap/k", json!({"ciphertext": v1["ciphertext"]}));
-        assert_eq!(rewrapped["version"], 2);
+        assert_eq!(rewrapped["version"], "2");
         let back = ok(
             &mut h,
             Method::PUT,
@@ -115,9 +119,9 @@ fn rotation_keeps_old_data_readable_in_every_format() {
         );
         assert_eq!(
             (back["plaintext"].clone(), back["version"].clone()),
-            (v1["plaintext"].clone(), json!(2))
+            (v1["plaintext"].clone(), json!("2"))
         );
-        let (s, m) = err(&mut h, Method::PUT, "/v1/key/generate/k", json!({"version": 9}));
+        let (s, m) = err(&mut h, Method::PUT, "/v1/key/generate/k", json!({"version": "v9"}));
         assert_eq!((s, m.as_str()), (StatusCode::NOT_FOUND, "key version 9 does not exist"));
 
         // Retire version 1: it neither seals nor opens; nothing is deleted.
@@ -154,6 +158,8 @@ fn rotation_keeps_old_data_readable_in_every_format() {
         assert_eq!(d["versions"].as_array().unwrap().len(), 1);
         let (s, _) = err(&mut h, Method::PUT, "/v1/key/generate/k", json!({"version": 1}));
         assert_eq!(s, StatusCode::NOT_FOUND);
+        let (s, _) = err(&mut h, Method::PUT, "/v1/key/generate/k", json!({"version": "two"}));
+        assert_eq!(s, StatusCode::BAD_REQUEST);
     }
 }
 
@@ -256,7 +262,7 @@ fn a_version_added_elsewhere_is_found_by_reading_the_key_again() {
     a.advance(Duration::from_secs(2));
     let reads = a.store.executed;
     let r = ok(&mut a, Method::PUT, "/v1/key/decrypt/k", json!({"ciphertext": new["ciphertext"]}));
-    assert_eq!((&r["plaintext"], &r["version"]), (&new["plaintext"], &json!(2)));
+    assert_eq!((&r["plaintext"], &r["version"]), (&new["plaintext"], &json!("2")));
     assert_eq!(a.store.executed, reads + 1, "one read");
     // Garbage right after: no new read within the refresh interval.
     let garbage = json!({"ciphertext": STANDARD.encode([0u8; 64])});
@@ -273,5 +279,5 @@ fn a_version_added_elsewhere_is_found_by_reading_the_key_again() {
         StatusCode::BAD_REQUEST
     );
     let r = ok(&mut a, Method::PUT, "/v1/key/decrypt/k", json!({"ciphertext": new["ciphertext"]}));
-    assert_eq!(r["version"], 2);
+    assert_eq!(r["version"], "2");
 }

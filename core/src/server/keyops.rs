@@ -265,7 +265,8 @@ fn bulk_decrypt(ring: &KeyRing, items: Vec<(Vec<u8>, Vec<u8>)>) -> Result<Respon
 }
 
 /// A JSON object of base64 fields (and the key version that was used, for
-/// rotated keys), built in one allocation without intermediate `Value`s
+/// rotated keys: a string, the type KES v0.24's wire types declare for
+/// `version`), built in one allocation without intermediate `Value`s
 /// that would leave copies of secrets on the heap.
 fn secret_json(fields: &[(&str, &[u8])], version: Option<u32>) -> Response {
     let mut body =
@@ -290,7 +291,7 @@ fn secret_json(fields: &[(&str, &[u8])], version: Option<u32>) -> Response {
         body.push(b'"');
     }
     if let Some(n) = version {
-        body.extend_from_slice(format!(r#","version":{n}"#).as_bytes());
+        body.extend_from_slice(format!(r#","version":"{n}""#).as_bytes());
     }
     body.push(b'}');
     Response::with(StatusCode::OK, JSON, body)

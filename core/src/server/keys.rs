@@ -146,21 +146,23 @@ pub(super) fn purge(s: &mut Server, c: Call<'_>) -> Result<(), ApiError> {
     Ok(())
 }
 
-/// kms-go's optional `version` field of generate and encrypt: a number
-/// (absent or 0: the newest version). Read only when the body names it,
-/// so the usual request pays nothing.
+/// The optional `version` field of generate and encrypt. KES v0.24's wire
+/// types declare it as a string (and ignore it): "" means the newest, "2"
+/// or "v2" version 2; a JSON number is accepted too. Read only when the
+/// body names it, so the usual request pays nothing.
 fn version_field(body: &[u8]) -> Result<Option<u32>, ApiError> {
     if !body.windows(9).any(|w| w == b"\"version\"") {
         return Ok(None);
     }
     let v: Value = serde_json::from_slice(body).map_err(|_| ApiError::InvalidBody)?;
-    match v.get("version") {
-        None | Some(Value::Null) => Ok(None),
-        Some(n) => {
-            let n = n.as_u64().and_then(|n| u32::try_from(n).ok()).ok_or(ApiError::InvalidBody)?;
-            Ok((n != 0).then_some(n))
-        }
-    }
+    let n = match v.get("version") {
+        None | Some(Value::Null) => return Ok(None),
+        Some(Value::String(s)) if s.is_empty() => return Ok(None),
+        Some(Value::String(s)) => s.strip_prefix('v').unwrap_or(s).parse::<u32>().ok(),
+        Some(n) => n.as_u64().and_then(|n| u32::try_from(n).ok()),
+    };
+    let n = n.ok_or(ApiError::InvalidBody)?;
+    Ok((n != 0).then_some(n))
 }
 
 pub(super) fn bulk_decrypt(s: &mut Server, c: Call<'_>) -> Result<(), ApiError> {
