@@ -424,6 +424,25 @@ fn client_commands_against_a_real_server() {
     assert_eq!(dec["plaintext"], "aGVsbG8=");
     let info: serde_json::Value = serde_json::from_str(&ok(&["key", "info", "my-key"])).unwrap();
     assert_eq!(info["algorithm"], "AES256");
+    assert!(info.get("version").is_none(), "never rotated: {info}");
+    // Key versions: rotate, old data still decrypts, retire, purge.
+    assert_eq!(ok(&["key", "rotate", "my-key"]), "my-key: version 2\n");
+    let pt: serde_json::Value =
+        serde_json::from_str(&ok(&["key", "decrypt", "my-key", ct, "Y3R4"])).unwrap();
+    assert_eq!(pt["plaintext"], dek["plaintext"], "sealed under version 1");
+    let info: serde_json::Value = serde_json::from_str(&ok(&["key", "info", "my-key"])).unwrap();
+    assert_eq!(
+        (&info["version"], &info["min_version"]),
+        (&serde_json::json!(2), &serde_json::json!(1))
+    );
+    ok(&["key", "retire", "my-key", "2"]);
+    let (code, _, err) = kes_client(&env, &["key", "decrypt", "my-key", ct, "Y3R4"]);
+    assert_ne!(code, 0, "a retired version opens nothing");
+    assert!(err.contains("failed to decrypt ciphertext"), "{err}");
+    assert_eq!(ok(&["key", "purge", "my-key"]), "my-key: purged versions [1]\n");
+    let (code, _, err) = kes_client(&env, &["key", "retire", "my-key", "1"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("invalid minimum version 1"), "{err}");
     let hmac: serde_json::Value =
         serde_json::from_str(&ok(&["key", "hmac", "my-key", "m"])).unwrap();
     assert_eq!(hmac["hmac"].as_str().unwrap().len(), 64);

@@ -57,6 +57,14 @@ blocking! {
     fn describe_key(name: &str) -> KeyInfo;
     /// See [`crate::Client::delete_key`].
     fn delete_key(name: &str) -> ();
+    /// See [`crate::Client::rotate_key`].
+    fn rotate_key(name: &str) -> u32;
+    /// See [`crate::Client::retire_key_versions`].
+    fn retire_key_versions(name: &str, min: u32) -> ();
+    /// See [`crate::Client::purge_key_versions`].
+    fn purge_key_versions(name: &str) -> Vec<u32>;
+    /// See [`crate::Client::rewrap`].
+    fn rewrap(name: &str, ciphertext: &[u8], context: &[u8]) -> Vec<u8>;
     /// See [`crate::Client::list_keys`].
     fn list_keys(prefix: &str) -> Vec<String>;
     /// See [`crate::Client::generate_key`].

@@ -177,6 +177,9 @@ pub struct KeyInfo {
     pub created_at: String,
     /// Creator identity, if recorded.
     pub created_by: Option<String>,
+    /// For a rotated key (key versions, an extension of KES): the newest
+    /// version and the lowest one not retired.
+    pub version: Option<(u32, u32)>,
 }
 
 /// An async KES client; cheap to clone.
@@ -272,7 +275,59 @@ impl Client {
             algorithm: v["algorithm"].as_str().map(str::to_owned),
             created_at: v["created_at"].as_str().unwrap_or_default().to_owned(),
             created_by: v["created_by"].as_str().map(str::to_owned),
+            version: match (v["version"].as_u64(), v["min_version"].as_u64()) {
+                (Some(n), Some(m)) => Some((n as u32, m as u32)),
+                _ => None,
+            },
         })
+    }
+
+    /// Rotates a key: a new version seals from now on; its number.
+    pub async fn rotate_key(&self, name: &str) -> Result<u32, ClientError> {
+        let v = self
+            .transport
+            .json("PUT", &format!("/v1/key/rotate/{}", seg(name)), None, false)
+            .await?;
+        version_of(&v, "version")
+    }
+
+    /// Retires a key's versions below `min`: they no longer seal or open.
+    pub async fn retire_key_versions(&self, name: &str, min: u32) -> Result<(), ClientError> {
+        let body = json!({ "min_version": min }).to_string();
+        self.transport
+            .call("PUT", &format!("/v1/key/retire/{}", seg(name)), Some(body.as_bytes()), false)
+            .await
+            .map(|_| ())
+    }
+
+    /// Deletes retired versions' material; the versions purged.
+    pub async fn purge_key_versions(&self, name: &str) -> Result<Vec<u32>, ClientError> {
+        let v = self
+            .transport
+            .json("PUT", &format!("/v1/key/purge/{}", seg(name)), None, false)
+            .await?;
+        Ok(v["purged"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|n| n.as_u64())
+            .map(|n| n as u32)
+            .collect())
+    }
+
+    /// Re-seals a ciphertext under the key's newest version.
+    pub async fn rewrap(
+        &self,
+        name: &str,
+        ciphertext: &[u8],
+        context: &[u8],
+    ) -> Result<Vec<u8>, ClientError> {
+        let body = json!({"ciphertext": b64(ciphertext), "context": b64(context)}).to_string();
+        let v = self
+            .transport
+            .json("PUT", &format!("/v1/key/rewrap/{}", seg(name)), Some(body.as_bytes()), true)
+            .await?;
+        unb64(&v, "ciphertext")
     }
 
     /// Deletes a key.
@@ -391,4 +446,15 @@ impl Client {
             .await?;
         names(&r.body, "identity")
     }
+}
+
+/// A version number from an answer (a number, or a string as in the
+/// crypto answers).
+fn version_of(v: &Value, field: &str) -> Result<u32, ClientError> {
+    match &v[field] {
+        Value::Number(n) => n.as_u64().and_then(|n| u32::try_from(n).ok()),
+        Value::String(s) => s.parse().ok(),
+        _ => None,
+    }
+    .ok_or_else(|| ClientError::InvalidResponse(format!("no '{field}' in the answer")))
 }

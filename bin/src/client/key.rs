@@ -1,4 +1,5 @@
-//! `kes key ...`: create, import, info, ls, rm, dek, encrypt, decrypt, hmac.
+//! `kes key ...`: create, import, info, ls, rm, dek, encrypt, decrypt, hmac,
+//! and key versions: rotate, retire, purge.
 
 use argh::FromArgs;
 use base64::engine::general_purpose::STANDARD;
@@ -28,6 +29,45 @@ enum KeySub {
     Encrypt(KeyEncrypt),
     Decrypt(KeyDecrypt),
     Hmac(KeyHmac),
+    Rotate(KeyRotate),
+    Retire(KeyRetire),
+    Purge(KeyPurge),
+}
+
+conn_fields! {
+    /// Rotate keys: a new version seals from now on (old data still decrypts).
+    #[derive(FromArgs)]
+    #[argh(subcommand, name = "rotate")]
+    struct KeyRotate {
+        /// key names
+        #[argh(positional)]
+        names: Vec<String>,
+    }
+}
+
+conn_fields! {
+    /// Retire a key's versions below a minimum: kes key retire <name> <min>.
+    #[derive(FromArgs)]
+    #[argh(subcommand, name = "retire")]
+    struct KeyRetire {
+        /// key name
+        #[argh(positional)]
+        name: String,
+        /// the lowest version that stays active
+        #[argh(positional)]
+        min: u32,
+    }
+}
+
+conn_fields! {
+    /// Delete the material of a key's retired versions (cannot be undone).
+    #[derive(FromArgs)]
+    #[argh(subcommand, name = "purge")]
+    struct KeyPurge {
+        /// key name
+        #[argh(positional)]
+        name: String,
+    }
 }
 
 conn_fields! {
@@ -194,6 +234,26 @@ impl KeyCmd {
             KeySub::Encrypt(c) => c.run(),
             KeySub::Decrypt(c) => c.run(),
             KeySub::Hmac(c) => c.run(),
+            KeySub::Rotate(c) => each_name(&c.names, "rotate", &c.client()?, |client, n| {
+                let v = client
+                    .rotate_key(n)
+                    .map_err(|e| format!("failed to rotate key \"{n}\": {e}"))?;
+                println!("{n}: version {v}");
+                Ok(())
+            }),
+            KeySub::Retire(c) => c
+                .client()?
+                .retire_key_versions(&c.name, c.min)
+                .map_err(|e| format!("failed to retire versions of \"{}\": {e}", c.name)),
+            KeySub::Purge(c) => {
+                let gone = c
+                    .client()?
+                    .purge_key_versions(&c.name)
+                    .map_err(|e| format!("failed to purge versions of \"{}\": {e}", c.name))?;
+                let list: Vec<String> = gone.iter().map(u32::to_string).collect();
+                println!("{}: purged versions [{}]", c.name, list.join(", "));
+                Ok(())
+            }
         }
     }
 }
@@ -205,18 +265,26 @@ impl KeyInfo {
             .describe_key(&self.name)
             .map_err(|e| format!("failed to describe key \"{}\": {e}", self.name))?;
         if self.json || !tty() {
-            let v = json!({"name": i.name, "algorithm": i.algorithm, "created_at": i.created_at, "created_by": i.created_by});
+            let mut v = json!({"name": i.name, "algorithm": i.algorithm, "created_at": i.created_at, "created_by": i.created_by});
+            if let Some((newest, min)) = i.version {
+                v["version"] = newest.into();
+                v["min_version"] = min.into();
+            }
             print_json(&v);
             return Ok(());
         }
         let algorithm = i.algorithm.unwrap_or_default();
         let owner = i.created_by.unwrap_or_default();
-        let fields = [
+        let version = i.version.map(|(n, m)| format!("{n} (active from {m})"));
+        let mut fields = vec![
             ("Name", i.name.as_str()),
             ("Algorithm", &algorithm),
             ("Date", &i.created_at),
             ("Owner", &owner),
         ];
+        if let Some(v) = &version {
+            fields.push(("Version", v));
+        }
         print_fields(&fields, false);
         Ok(())
     }
