@@ -286,6 +286,7 @@ mod tests {
     use super::*;
     use crate::crypto::CiphertextFormat;
     use crate::testing::SeededRng;
+    use proptest::prop_assert;
 
     fn rng() -> SeededRng {
         SeededRng(7)
@@ -368,6 +369,35 @@ mod tests {
         }
         assert_eq!(ring.latest().number as usize, MAX_ACTIVE);
         assert!(matches!(ring.rotated(fresh(&mut r)), Err(RingError::TooManyActive)));
+    }
+
+    proptest::proptest! {
+        /// What fuzz/fuzz_targets/ciphertext.rs runs: any stored value,
+        /// including ring-shaped JSON, is refused or read, never a panic.
+        #[test]
+        fn any_stored_value_is_read_or_refused(
+            min in 0u32..5,
+            versions in proptest::collection::vec((0u32..6, "[ -~]{0,20}"), 0..4),
+            bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..200),
+        ) {
+            let legacy = r#"{\"bytes\":\"AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=\"}"#;
+            let entries: Vec<String> = versions
+                .iter()
+                .map(|(n, k)| {
+                    let key = if k.len() % 2 == 0 { legacy.to_owned() } else { serde_json::to_string(k).unwrap().trim_matches('"').to_owned() };
+                    format!(r#"{{"version":{n},"key":"{key}"}}"#)
+                })
+                .collect();
+            let text = format!(r#"{{"{MARK}":1,"min_version":{min},"versions":[{}]}}"#, entries.join(","));
+            for value in [text.as_bytes(), &bytes[..]] {
+                if let Ok(ring) = KeyRing::decode(value) {
+                    let _ = ring.decrypt(&bytes, b"");
+                    let newest = ring.latest().number;
+                    prop_assert!(ring.min_version() <= newest);
+                    let _ = ring.retired_below(newest).map(|r| r.purged());
+                }
+            }
+        }
     }
 
     #[test]
