@@ -281,3 +281,56 @@ fn a_version_added_elsewhere_is_found_by_reading_the_key_again() {
     let r = ok(&mut a, Method::PUT, "/v1/key/decrypt/k", json!({"ciphertext": new["ciphertext"]}));
     assert_eq!(r["version"], "2");
 }
+
+/// Two nodes rotate at once: B reads the key, then A's whole rotation
+/// lands before B stages. B must not overwrite A's version (a lost update
+/// would orphan every data key A's node sealed under it): it sees the entry
+/// changed, starts over and adds version 3 on top.
+#[test]
+fn concurrent_rotations_lose_no_version() {
+    let mut a = start_seeded(CiphertextFormat::Raw, 31);
+    ok(&mut a, Method::PUT, "/v1/key/create/k", Value::Null);
+    let mut b = start_seeded(CiphertextFormat::Raw, 32);
+    b.store.keys = a.store.keys.clone();
+    // B begins: its first command reads the key.
+    let id = kes_core::RequestId(77);
+    let req = Request::new(Method::PUT, "/v1/key/rotate/k");
+    b.server.handle_request(id, Caller::Identified(admin()), req, b.now, &mut b.rng);
+    let (cid, cmd) = b.server.poll_command().expect("B reads the key");
+    let stale = b.store.execute(cmd);
+    // A rotates completely meanwhile, on the same store.
+    a.store.keys = b.store.keys.clone();
+    ok(&mut a, Method::PUT, "/v1/key/rotate/k", Value::Null);
+    let sealed_by_a = ok(&mut a, Method::PUT, "/v1/key/generate/k", Value::Null);
+    b.store.keys = a.store.keys.clone();
+    // B goes on from its stale read.
+    b.server.handle_store_result(cid, stale, b.now, &mut b.rng);
+    let mut answer = None;
+    for _ in 0..100 {
+        while let Some((cid, cmd)) = b.server.poll_command() {
+            let r = b.store.execute(cmd);
+            b.server.handle_store_result(cid, r, b.now, &mut b.rng);
+        }
+        if let Some((rid, r)) = b.server.poll_response() {
+            assert_eq!(rid, id);
+            answer = Some(r);
+            break;
+        }
+    }
+    let answer = answer.expect("B finished");
+    let v: Value = serde_json::from_slice(&answer.body).unwrap();
+    assert_eq!(v["version"], 3, "B started over on A's state: {v}");
+    let ring = KeyRing::decode(&stored(&b, "k")).unwrap();
+    assert_eq!(ring.versions().len(), 3);
+    assert!(!b.store.keys.contains_key(&staging("k")));
+    // A's data key still opens, everywhere.
+    let mut c = start_seeded(CiphertextFormat::Raw, 33);
+    c.store.keys = b.store.keys.clone();
+    let r = ok(
+        &mut c,
+        Method::PUT,
+        "/v1/key/decrypt/k",
+        json!({"ciphertext": sealed_by_a["ciphertext"]}),
+    );
+    assert_eq!((&r["plaintext"], &r["version"]), (&sealed_by_a["plaintext"], &json!("2")));
+}

@@ -6,9 +6,12 @@
 //!
 //! 1. read the key's entry and compute its new state;
 //! 2. stage the new state under the key's staging name (create-if-absent:
-//!    a second writer finds it taken and is told to retry);
-//! 3. delete the key's entry, 4. create it with the new state;
-//! 5. delete the staged copy.
+//!    the staged copy is the lock; a second writer finds it taken and is
+//!    told to retry);
+//! 3. read the entry again: if another writer changed it between 1 and 2,
+//!    drop the staged copy and start over (no lost update);
+//! 4. delete the key's entry, 5. create it with the new state;
+//! 6. delete the staged copy.
 //!
 //! Between 3 and 4 the key has no entry: readers then use the staged copy
 //! (`keyops`), which is already the new state. A writer that finds the
@@ -49,6 +52,8 @@ pub(super) struct RingWrite {
     op: RingOp,
     step: Step,
     restarts: u8,
+    /// The stored value the new state was computed from.
+    base: Option<SecretBytes>,
     /// The new state and its stored form, once computed.
     new: Option<(KeyRing, SecretBytes)>,
     /// What the answer says.
@@ -61,6 +66,8 @@ enum Step {
     RecoverCreate,
     RecoverDeleteStaged,
     Stage,
+    Verify,
+    Abandon,
     CheckStaged,
     DropStale,
     DeleteKey,
@@ -84,6 +91,7 @@ impl Server {
             op,
             step: Step::ReadKey,
             restarts: 0,
+            base: None,
             new: None,
             answer: serde_json::Value::Null,
         };
@@ -129,6 +137,7 @@ impl Server {
                 let new = apply(&w.op, ring, &key, now, rng, &mut w.answer)?;
                 let value = new.encode(now.unix);
                 w.new = Some((new, value.clone()));
+                w.base = Some(v);
                 (Step::Stage, Command::Create { name: staging, value })
             }
             (Step::ReadKey, Err(StoreError::NotFound)) => {
@@ -148,7 +157,15 @@ impl Server {
             (Step::RecoverDeleteStaged | Step::DropStale, Ok(_) | Err(StoreError::NotFound)) => {
                 return self.restart(w);
             }
-            (Step::Stage, Ok(_)) => (Step::DeleteKey, Command::Delete { name: key }),
+            (Step::Stage, Ok(_)) => (Step::Verify, Command::Get { name: key }),
+            (Step::Verify, Ok(StoreReply::Value(v))) if same(w.base.as_ref(), &v) => {
+                (Step::DeleteKey, Command::Delete { name: key })
+            }
+            // Changed (or gone) since it was read: start over on the new state.
+            (Step::Verify, Ok(_) | Err(StoreError::NotFound)) => {
+                (Step::Abandon, Command::Delete { name: staging })
+            }
+            (Step::Abandon, Ok(_) | Err(StoreError::NotFound)) => return self.restart(w),
             (Step::Stage, Err(StoreError::Exists)) => {
                 (Step::CheckStaged, Command::Get { name: staging })
             }
@@ -179,7 +196,7 @@ impl Server {
             (Step::ReadKey | Step::ReadStaged | Step::CheckStaged, Ok(_)) => {
                 return Err(ApiError::StoreRead)
             }
-            (Step::ReadKey | Step::ReadStaged | Step::CheckStaged, Err(e)) => {
+            (Step::ReadKey | Step::ReadStaged | Step::CheckStaged | Step::Verify, Err(e)) => {
                 return fail(self, e, ApiError::StoreRead)
             }
             (_, Err(e @ StoreError::Unreachable(_))) => {
@@ -201,6 +218,7 @@ impl Server {
         }
         w.step = Step::ReadKey;
         w.new = None;
+        w.base = None;
         Ok(Some(Command::Get { name: w.name.clone() }))
     }
 
@@ -259,4 +277,11 @@ fn new_version(
     rng.fill_bytes(key.as_mut());
     rng.fill_bytes(hmac.as_mut());
     SecretKey::new(*key, Some(alg), Some(*hmac), Some(now.unix), created_by)
+}
+
+/// Whether the entry still holds the value the change was computed from
+/// (compared in constant time: it is a key).
+fn same(base: Option<&SecretBytes>, now: &SecretBytes) -> bool {
+    use subtle::ConstantTimeEq;
+    base.is_some_and(|b| b.expose().ct_eq(now.expose()).into())
 }
