@@ -91,10 +91,18 @@ impl KeyCache {
         self.entries.insert(name, Entry { key, used: true, loaded: Some(now) });
     }
 
-    /// Whether a cached key was read from the store before `t` (so
-    /// reading it again may find versions added elsewhere since).
-    pub fn loaded_before(&self, name: &str, t: Instant) -> bool {
-        self.entries.get(name).is_some_and(|e| e.loaded.is_none_or(|l| l < t))
+    /// A cached key (marking it used), and whether it was read from the
+    /// store before `t` (so reading it again may find versions added
+    /// elsewhere since); one lookup, for the request hot path.
+    pub fn get_loaded_before(
+        &mut self,
+        name: &str,
+        t: Option<Instant>,
+    ) -> Option<(&KeyRing, bool)> {
+        let e = self.entries.get_mut(name)?;
+        e.used = true;
+        let old = t.is_some_and(|t| e.loaded.is_none_or(|l| l < t));
+        Some((&e.key, old))
     }
 
     /// Drops a key (after delete, or when the store says it is gone).

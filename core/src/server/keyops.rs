@@ -63,10 +63,9 @@ impl Server {
         // (at most once per REFRESH per key, so bad ciphertexts cannot
         // turn into a stream of store reads).
         let opens = matches!(op, KeyOp::Decrypt { .. } | KeyOp::Rewrap { .. } | KeyOp::Bulk(_));
-        let refresh = opens
-            && now.instant.checked_sub(REFRESH).is_some_and(|t| self.cache.loaded_before(name, t));
+        let since = if opens { now.instant.checked_sub(REFRESH) } else { None };
         let mut op = Some(op);
-        if let Some(key) = self.cache.get(name) {
+        if let Some((key, refresh)) = self.cache.get_loaded_before(name, since) {
             let retry = if refresh { op.clone() } else { None };
             let r = run_key_op(key, op.take().expect("set above"), format, rng);
             match (r, retry) {
