@@ -15,7 +15,9 @@ use kes_core::{Command, StoreError, StoreReply, UnixTime};
 use serde_json::{json, Value};
 use zeroize::Zeroizing;
 
-use super::rest::{encode, take_string, Grant, Rest, Token};
+use super::rest::{
+    encode, failure_from, grant, request, take_string, Connected, Grant, Rest, Token,
+};
 use super::{Remote, RemoteStore};
 use crate::https::{HttpRequest, HttpResponse};
 
@@ -31,18 +33,17 @@ pub fn token_result(r: &HttpResponse, now: i64) -> Result<Grant, StoreError> {
     if r.status != 200 {
         return Err(failure("login failed", r));
     }
+    let mut g = grant("keycontrol", r, "access_token", "", DEFAULT_LIFETIME.as_secs(), false)?;
     let v: Value = serde_json::from_slice(&r.body).unwrap_or(Value::Null);
-    let token = v["access_token"]
-        .as_str()
-        .filter(|t| !t.is_empty())
-        .ok_or_else(|| StoreError::Failed("keycontrol: login answer has no access_token".into()))?;
-    let lifetime = v["expires_at"]
+    if let Some(secs) = v["expires_at"]
         .as_str()
         .and_then(UnixTime::parse_rfc3339)
         .map(|t| t.to_parts().0 - now)
         .filter(|s| *s > 0)
-        .map_or(DEFAULT_LIFETIME, |s| Duration::from_secs(s as u64));
-    Ok(Grant { token: Zeroizing::new(token.to_owned()), lifetime })
+    {
+        g.lifetime = Duration::from_secs(secs as u64);
+    }
+    Ok(g)
 }
 
 /// The create request: the key file base64-encoded as `secret_data`.
@@ -110,28 +111,7 @@ pub fn list_result(r: &HttpResponse) -> Result<(Vec<String>, Option<String>), St
 
 /// What a failed answer means: KeyControl says it in `error`.
 pub fn failure(what: &str, r: &HttpResponse) -> StoreError {
-    let v: Value = serde_json::from_slice(&r.body).unwrap_or(Value::Null);
-    let desc: String = match v["error"].as_str() {
-        Some(m) => m.to_owned(),
-        None => String::from_utf8_lossy(&r.body)
-            .lines()
-            .next()
-            .unwrap_or("")
-            .chars()
-            .take(200)
-            .collect(),
-    };
-    let text = format!("keycontrol: {what}: status {} {desc}", r.status).trim_end().to_owned();
-    if super::rest::transient(r.status) {
-        StoreError::Unreachable(text)
-    } else {
-        StoreError::Failed(text)
-    }
-}
-
-/// An Entrust KeyControl store.
-pub struct EntrustStore {
-    inner: Arc<Inner>,
+    failure_from("keycontrol", what, r, "error")
 }
 
 struct Inner {
@@ -143,39 +123,28 @@ struct Inner {
     token: Token,
 }
 
-impl EntrustStore {
-    /// Logs in and reads the box now: wrong credentials or box stop start-up.
-    pub fn connect(config: &EntrustConfig) -> Result<Self, String> {
-        let inner = Arc::new(Inner {
-            api: Rest::new("keycontrol", &config.endpoint, config.tls_ca.as_deref())?,
-            vault_id: config.vault_id.clone(),
-            box_id: config.box_id.clone(),
-            username: config.username.clone(),
-            password: Zeroizing::new(config.password.expose().to_owned()),
-            token: Token::default(),
-        });
-        smol::block_on(async {
-            let r = inner
-                .op("GetBox", json!({ "box_id": inner.box_id }).to_string().into_bytes(), true)
-                .await?;
-            match r.status {
-                200 => Ok(()),
-                _ => Err(failure(&format!("cannot open box '{}'", inner.box_id), &r)),
-            }
-        })
-        .map_err(|e| format!("keycontrol: {}: {e}", config.endpoint))?;
-        Ok(Self { inner })
-    }
-
-    /// The store, ready for the server.
-    pub fn into_store(self) -> RemoteStore<impl Remote> {
-        RemoteStore::new(self.inner)
-    }
-
-    /// Whether the endpoint is plain HTTP.
-    pub fn is_plaintext(&self) -> bool {
-        self.inner.api.http.is_plaintext()
-    }
+/// Logs in and reads the box now: wrong credentials or box stop start-up.
+pub fn connect(config: &EntrustConfig) -> Result<Connected, String> {
+    let inner = Arc::new(Inner {
+        api: Rest::new("keycontrol", &config.endpoint, config.tls_ca.as_deref())?,
+        vault_id: config.vault_id.clone(),
+        box_id: config.box_id.clone(),
+        username: config.username.clone(),
+        password: Zeroizing::new(config.password.expose().to_owned()),
+        token: Token::default(),
+    });
+    smol::block_on(async {
+        let r = inner
+            .op("GetBox", json!({ "box_id": inner.box_id }).to_string().into_bytes(), true)
+            .await?;
+        match r.status {
+            200 => Ok(()),
+            _ => Err(failure(&format!("cannot open box '{}'", inner.box_id), &r)),
+        }
+    })
+    .map_err(|e| format!("keycontrol: {}: {e}", config.endpoint))?;
+    let plaintext = inner.api.http.is_plaintext();
+    Ok(Connected { store: Arc::new(RemoteStore::new(inner)), plaintext })
 }
 
 impl Remote for Inner {
@@ -253,9 +222,7 @@ impl Inner {
     ) -> Result<HttpResponse, StoreError> {
         let body = Zeroizing::new(body);
         let path = format!("/vault/1.0/{op}/");
-        let make = |auth: &str| {
-            HttpRequest::new("POST", path.clone()).header("X-Vault-Auth", auth).json(body.to_vec())
-        };
+        let make = |auth: &str| request("POST", &path, "X-Vault-Auth", auth, Some(&body));
         self.api.send_authed(&self.token, &|| self.refresh(), &make, idempotent).await
     }
 
@@ -288,9 +255,7 @@ impl Inner {
 mod tests {
     use super::*;
 
-    fn resp(status: u16, body: &str) -> HttpResponse {
-        HttpResponse { status, location: None, body: Zeroizing::new(body.as_bytes().to_vec()) }
-    }
+    use crate::store::rest::response as resp;
 
     #[test]
     fn protocol() {

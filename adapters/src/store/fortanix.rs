@@ -5,7 +5,6 @@
 //! API key itself with every call; a session keeps it off the wire).
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;
@@ -15,7 +14,9 @@ use kes_core::{Command, StoreError, StoreReply};
 use serde_json::{json, Value};
 use zeroize::Zeroizing;
 
-use super::rest::{encode, take_string, Grant, Rest, Token};
+use super::rest::{
+    encode, failure_from, grant, request, take_string, Connected, Grant, Rest, Token,
+};
 use super::{Remote, RemoteStore};
 use crate::https::{HttpRequest, HttpResponse};
 
@@ -28,16 +29,7 @@ pub fn session_result(r: &HttpResponse) -> Result<Grant, StoreError> {
     if r.status != 200 {
         return Err(failure("authentication failed", r));
     }
-    let v: Value = serde_json::from_slice(&r.body).unwrap_or(Value::Null);
-    let token = v["access_token"]
-        .as_str()
-        .filter(|t| !t.is_empty())
-        .ok_or_else(|| StoreError::Failed("fortanix: session answer has no access_token".into()))?;
-    let secs = v["expires_in"].as_u64().unwrap_or(600).clamp(1, 86_400);
-    Ok(Grant {
-        token: Zeroizing::new(format!("Bearer {token}")),
-        lifetime: Duration::from_secs(secs),
-    })
+    grant("fortanix", r, "access_token", "expires_in", 600, true)
 }
 
 /// The create request: an opaque object that may be exported.
@@ -98,30 +90,9 @@ pub fn list_result(r: &HttpResponse) -> Result<Vec<String>, StoreError> {
     Ok(items.iter().filter_map(|i| i["name"].as_str()).map(str::to_owned).collect())
 }
 
-/// A failed answer: Fortanix errors are plain text.
+/// A failed answer: Fortanix errors are plain text (or a JSON `message`).
 pub fn failure(what: &str, r: &HttpResponse) -> StoreError {
-    let v: Value = serde_json::from_slice(&r.body).unwrap_or(Value::Null);
-    let desc: String = match v["message"].as_str() {
-        Some(m) => m.to_owned(),
-        None => String::from_utf8_lossy(&r.body)
-            .lines()
-            .next()
-            .unwrap_or("")
-            .chars()
-            .take(200)
-            .collect(),
-    };
-    let text = format!("fortanix: {what}: status {} {desc}", r.status).trim_end().to_owned();
-    if super::rest::transient(r.status) {
-        StoreError::Unreachable(text)
-    } else {
-        StoreError::Failed(text)
-    }
-}
-
-/// A Fortanix DSM store.
-pub struct FortanixStore {
-    inner: Arc<Inner>,
+    failure_from("fortanix", what, r, "message")
 }
 
 struct Inner {
@@ -131,29 +102,18 @@ struct Inner {
     token: Token,
 }
 
-impl FortanixStore {
-    /// Opens a session now: a wrong API key stops start-up.
-    pub fn connect(config: &FortanixConfig) -> Result<Self, String> {
-        let inner = Arc::new(Inner {
-            api: Rest::new("fortanix", &config.endpoint, config.tls_ca.as_deref())?,
-            basic: Zeroizing::new(format!("Basic {}", config.api_key.expose())),
-            group_id: config.group_id.clone(),
-            token: Token::default(),
-        });
-        smol::block_on(inner.token.get(&|| inner.session()))
-            .map_err(|e| format!("fortanix: cannot authenticate to {}: {e}", config.endpoint))?;
-        Ok(Self { inner })
-    }
-
-    /// The store, ready for the server.
-    pub fn into_store(self) -> RemoteStore<impl Remote> {
-        RemoteStore::new(self.inner)
-    }
-
-    /// Whether the endpoint is plain HTTP.
-    pub fn is_plaintext(&self) -> bool {
-        self.inner.api.http.is_plaintext()
-    }
+/// Opens a session now: a wrong API key stops start-up.
+pub fn connect(config: &FortanixConfig) -> Result<Connected, String> {
+    let inner = Arc::new(Inner {
+        api: Rest::new("fortanix", &config.endpoint, config.tls_ca.as_deref())?,
+        basic: Zeroizing::new(format!("Basic {}", config.api_key.expose())),
+        group_id: config.group_id.clone(),
+        token: Token::default(),
+    });
+    smol::block_on(inner.token.get(&|| inner.session()))
+        .map_err(|e| format!("fortanix: cannot authenticate to {}: {e}", config.endpoint))?;
+    let plaintext = inner.api.http.is_plaintext();
+    Ok(Connected { store: Arc::new(RemoteStore::new(inner)), plaintext })
 }
 
 impl Remote for Inner {
@@ -240,13 +200,8 @@ impl Inner {
         body: Option<&Zeroizing<Vec<u8>>>,
         idempotent: bool,
     ) -> Result<HttpResponse, StoreError> {
-        let make = |auth: &str| {
-            let req = HttpRequest::new(method, path.clone()).header("Authorization", auth);
-            match body {
-                Some(b) => req.json(b.to_vec()),
-                None => req,
-            }
-        };
+        let make =
+            |auth: &str| request(method, &path, "Authorization", auth, body.map(|b| b.as_slice()));
         self.api.send_authed(&self.token, &|| self.session(), &make, idempotent).await
     }
 
@@ -263,9 +218,7 @@ impl Inner {
 mod tests {
     use super::*;
 
-    fn resp(status: u16, body: &str) -> HttpResponse {
-        HttpResponse { status, location: None, body: Zeroizing::new(body.as_bytes().to_vec()) }
-    }
+    use crate::store::rest::response as resp;
 
     #[test]
     fn protocol() {

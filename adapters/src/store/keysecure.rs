@@ -5,7 +5,6 @@
 //! half its lifetime.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use kes_core::config::KeySecureConfig;
 use kes_core::crypto::SecretBytes;
@@ -13,7 +12,7 @@ use kes_core::{Command, StoreError, StoreReply};
 use serde_json::{json, Value};
 use zeroize::Zeroizing;
 
-use super::rest::{take_string, Grant, Rest, Token};
+use super::rest::{failure_from, grant, request, take_string, Connected, Grant, Rest, Token};
 use super::{Remote, RemoteStore};
 use crate::https::{HttpRequest, HttpResponse};
 
@@ -42,16 +41,7 @@ pub fn login_result(r: &HttpResponse) -> Result<Grant, StoreError> {
     if r.status != 200 {
         return Err(failure("login failed", r));
     }
-    let v: Value = serde_json::from_slice(&r.body).unwrap_or(Value::Null);
-    let jwt = v["jwt"]
-        .as_str()
-        .filter(|t| !t.is_empty())
-        .ok_or_else(|| StoreError::Failed("keysecure: login answer has no jwt".into()))?;
-    let secs = v["duration"].as_u64().unwrap_or(300).clamp(1, 86_400);
-    Ok(Grant {
-        token: Zeroizing::new(format!("Bearer {jwt}")),
-        lifetime: Duration::from_secs(secs),
-    })
+    grant("keysecure", r, "jwt", "duration", 300, true)
 }
 
 /// The create request: the key file as a `seed` secret's material.
@@ -93,28 +83,7 @@ pub fn list_result(r: &HttpResponse) -> Result<(Vec<String>, u64), StoreError> {
 
 /// A failed answer: `codeDesc` when the body is JSON, else the text.
 pub fn failure(what: &str, r: &HttpResponse) -> StoreError {
-    let v: Value = serde_json::from_slice(&r.body).unwrap_or(Value::Null);
-    let desc = match v["codeDesc"].as_str() {
-        Some(d) => d.to_owned(),
-        None => String::from_utf8_lossy(&r.body)
-            .lines()
-            .next()
-            .unwrap_or("")
-            .chars()
-            .take(200)
-            .collect(),
-    };
-    let text = format!("keysecure: {what}: status {} {desc}", r.status);
-    if super::rest::transient(r.status) {
-        StoreError::Unreachable(text.trim_end().to_owned())
-    } else {
-        StoreError::Failed(text.trim_end().to_owned())
-    }
-}
-
-/// A CipherTrust Manager / KeySecure store.
-pub struct KeySecureStore {
-    inner: Arc<Inner>,
+    failure_from("keysecure", what, r, "codeDesc")
 }
 
 struct Inner {
@@ -124,29 +93,18 @@ struct Inner {
     token: Token,
 }
 
-impl KeySecureStore {
-    /// Logs in now: a wrong token stops start-up.
-    pub fn connect(config: &KeySecureConfig) -> Result<Self, String> {
-        let inner = Arc::new(Inner {
-            api: Rest::new("keysecure", &config.endpoint, config.tls_ca.as_deref())?,
-            refresh_token: Zeroizing::new(config.token.expose().to_owned()),
-            domain: config.domain.clone(),
-            token: Token::default(),
-        });
-        smol::block_on(inner.token.get(&|| inner.login()))
-            .map_err(|e| format!("keysecure: cannot log in to {}: {e}", config.endpoint))?;
-        Ok(Self { inner })
-    }
-
-    /// The store, ready for the server.
-    pub fn into_store(self) -> RemoteStore<impl Remote> {
-        RemoteStore::new(self.inner)
-    }
-
-    /// Whether the endpoint is plain HTTP.
-    pub fn is_plaintext(&self) -> bool {
-        self.inner.api.http.is_plaintext()
-    }
+/// Logs in now: a wrong token stops start-up.
+pub fn connect(config: &KeySecureConfig) -> Result<Connected, String> {
+    let inner = Arc::new(Inner {
+        api: Rest::new("keysecure", &config.endpoint, config.tls_ca.as_deref())?,
+        refresh_token: Zeroizing::new(config.token.expose().to_owned()),
+        domain: config.domain.clone(),
+        token: Token::default(),
+    });
+    smol::block_on(inner.token.get(&|| inner.login()))
+        .map_err(|e| format!("keysecure: cannot log in to {}: {e}", config.endpoint))?;
+    let plaintext = inner.api.http.is_plaintext();
+    Ok(Connected { store: Arc::new(RemoteStore::new(inner)), plaintext })
 }
 
 impl Remote for Inner {
@@ -209,13 +167,8 @@ impl Inner {
         body: Option<&Zeroizing<Vec<u8>>>,
         idempotent: bool,
     ) -> Result<HttpResponse, StoreError> {
-        let make = |auth: &str| {
-            let req = HttpRequest::new(method, path.clone()).header("Authorization", auth);
-            match body {
-                Some(b) => req.json(b.to_vec()),
-                None => req,
-            }
-        };
+        let make =
+            |auth: &str| request(method, &path, "Authorization", auth, body.map(|b| b.as_slice()));
         self.api.send_authed(&self.token, &|| self.login(), &make, idempotent).await
     }
 
@@ -230,9 +183,7 @@ impl Inner {
 mod tests {
     use super::*;
 
-    fn resp(status: u16, body: &str) -> HttpResponse {
-        HttpResponse { status, location: None, body: Zeroizing::new(body.as_bytes().to_vec()) }
-    }
+    use crate::store::rest::response as resp;
 
     #[test]
     fn protocol() {

@@ -12,12 +12,7 @@ pub mod rest;
 pub mod vault;
 
 pub use aws::AwsStore;
-pub use azure::AzureStore;
-pub use entrust::EntrustStore;
-pub use fortanix::FortanixStore;
 pub use fs::FsStore;
-pub use gcp::GcpStore;
-pub use keysecure::KeySecureStore;
 pub use mem::MemStore;
 pub use vault::VaultStore;
 
@@ -104,16 +99,16 @@ pub fn open_with_env(
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<Opened, String> {
     use kes_core::config::KeystoreConfig;
-    let remote = |store: Arc<dyn KeyStore>, label: String, plain: bool, what: &str| {
-        let notes = match plain {
+    use std::sync::Arc;
+    let remote = |c: rest::Connected, label: String, what: &str| {
+        let notes = match c.plaintext {
             true => vec![format!(
                 "warning: {what} is plain HTTP: credentials and keys cross the network unencrypted"
             )],
             false => vec![],
         };
-        Ok(Opened { store, label, notes })
+        Ok(Opened { store: c.store, label, notes })
     };
-    use std::sync::Arc;
     match config {
         KeystoreConfig::Memory => {
             let label = "in-memory (keys are lost on exit)".into();
@@ -153,34 +148,24 @@ pub fn open_with_env(
             Ok(Opened { store: Arc::new(s.into_store()), label, notes })
         }
         KeystoreConfig::Gcp(g) => {
-            let s = GcpStore::connect(g, env)?;
             let label = format!("GCP Secret Manager {} (project '{}')", g.endpoint, g.project_id);
-            let plain = s.is_plaintext();
-            remote(Arc::new(s.into_store()), label, plain, "keystore.gcp.secretmanager")
+            remote(gcp::connect(g, env)?, label, "keystore.gcp.secretmanager")
         }
         KeystoreConfig::Azure(a) => {
-            let s = AzureStore::connect(a, env)?;
-            let plain = s.is_plaintext();
             let label = format!("Azure Key Vault {}", a.endpoint);
-            remote(Arc::new(s.into_store()), label, plain, "keystore.azure.keyvault.endpoint")
+            remote(azure::connect(a, env)?, label, "keystore.azure.keyvault.endpoint")
         }
         KeystoreConfig::KeySecure(k) => {
-            let s = KeySecureStore::connect(k)?;
-            let plain = s.is_plaintext();
             let label = format!("CipherTrust Manager / KeySecure {}", k.endpoint);
-            remote(Arc::new(s.into_store()), label, plain, "keystore.gemalto.keysecure.endpoint")
+            remote(keysecure::connect(k)?, label, "keystore.gemalto.keysecure.endpoint")
         }
         KeystoreConfig::Fortanix(f) => {
-            let s = FortanixStore::connect(f)?;
-            let plain = s.is_plaintext();
             let label = format!("Fortanix DSM {}", f.endpoint);
-            remote(Arc::new(s.into_store()), label, plain, "keystore.fortanix.sdkms.endpoint")
+            remote(fortanix::connect(f)?, label, "keystore.fortanix.sdkms.endpoint")
         }
         KeystoreConfig::Entrust(e) => {
-            let s = EntrustStore::connect(e)?;
-            let plain = s.is_plaintext();
             let label = format!("Entrust KeyControl {} (box '{}')", e.endpoint, e.box_id);
-            remote(Arc::new(s.into_store()), label, plain, "keystore.entrust.keycontrol.endpoint")
+            remote(entrust::connect(e)?, label, "keystore.entrust.keycontrol.endpoint")
         }
     }
 }

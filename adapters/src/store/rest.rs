@@ -118,6 +118,84 @@ pub fn transient(status: u16) -> bool {
     status >= 500 || status == 429
 }
 
+/// A store opened by one of the REST stores' `connect`.
+pub struct Connected {
+    /// The store, ready for the server.
+    pub store: Arc<dyn super::KeyStore>,
+    /// Whether it speaks plain HTTP (credentials and keys in the clear).
+    pub plaintext: bool,
+}
+
+/// A request carrying an auth header (`Authorization`, `X-Vault-Auth`)
+/// and, if given, a JSON body.
+pub fn request(
+    method: &'static str,
+    path: &str,
+    auth_header: &'static str,
+    auth: &str,
+    body: Option<&[u8]>,
+) -> HttpRequest {
+    let req = HttpRequest::new(method, path.to_owned()).header(auth_header, auth);
+    match body {
+        Some(b) => req.json(b.to_vec()),
+        None => req,
+    }
+}
+
+/// A failed answer as an error of store `name`: the message is the
+/// string `field` of a JSON body, else the first line of the body's text
+/// (vendors answer some errors in plain text). 5xx and 429 are transient.
+pub fn failure_from(name: &str, what: &str, r: &HttpResponse, field: &str) -> StoreError {
+    let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap_or_default();
+    let desc: String = match v.get(field).and_then(|m| m.as_str()) {
+        Some(m) => m.lines().next().unwrap_or("").to_owned(),
+        None => {
+            let text = String::from_utf8_lossy(&r.body);
+            text.lines().next().unwrap_or("").chars().take(200).collect()
+        }
+    };
+    let text = format!("{name}: {what}: status {} {desc}", r.status).trim_end().to_owned();
+    if transient(r.status) {
+        StoreError::Unreachable(text)
+    } else {
+        StoreError::Failed(text)
+    }
+}
+
+/// An OAuth2 token endpoint's refusal (`error_description`, else `error`).
+pub fn oauth_refused(name: &str, r: &HttpResponse) -> StoreError {
+    let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap_or_default();
+    let field = if v.get("error_description").is_some() { "error_description" } else { "error" };
+    failure_from(name, "token request refused", r, field)
+}
+
+/// A token from a 200 answer: the string `token_field` (sent as
+/// `Bearer <token>` when `bearer`), valid for `lifetime_field` seconds (a
+/// number, or a numeric string as IMDS writes it; `default` when absent).
+pub fn grant(
+    name: &str,
+    r: &HttpResponse,
+    token_field: &str,
+    lifetime_field: &str,
+    default: u64,
+    bearer: bool,
+) -> Result<Grant, StoreError> {
+    let mut v: serde_json::Value = serde_json::from_slice(&r.body).unwrap_or_default();
+    let secs = match v.get(lifetime_field) {
+        Some(serde_json::Value::Number(n)) => n.as_u64(),
+        Some(serde_json::Value::String(s)) => s.parse().ok(),
+        _ => None,
+    }
+    .unwrap_or(default)
+    .clamp(1, 86_400);
+    let token =
+        Zeroizing::new(take_string(&mut v, &[token_field]).filter(|t| !t.is_empty()).ok_or_else(
+            || StoreError::Failed(format!("{name}: the answer has no {token_field}")),
+        )?);
+    let token = if bearer { Zeroizing::new(format!("Bearer {}", token.as_str())) } else { token };
+    Ok(Grant { token, lifetime: Duration::from_secs(secs) })
+}
+
 /// A new access token and how long it lives.
 pub struct Grant {
     /// The token (or the full header value, if the store wants a prefix).
@@ -248,6 +326,12 @@ pub fn url_origin(url: &str) -> String {
     let (scheme, rest) = url.split_once("://").unwrap_or(("https", url));
     let host = rest.split('/').next().unwrap_or("");
     format!("{scheme}://{host}")
+}
+
+/// A response for parser tests.
+#[cfg(test)]
+pub(crate) fn response(status: u16, body: &str) -> HttpResponse {
+    HttpResponse { status, location: None, body: Zeroizing::new(body.as_bytes().to_vec()) }
 }
 
 #[cfg(test)]

@@ -17,7 +17,7 @@ use kes_core::crypto::SecretBytes;
 use kes_core::{Command, StoreError, StoreReply};
 use zeroize::Zeroizing;
 
-use super::rest::{encode, url_origin, url_path, Grant, Rest, Token};
+use super::rest::{encode, request, url_origin, url_path, Connected, Grant, Rest, Token};
 use super::{Remote, RemoteStore};
 use crate::https::{HttpRequest, HttpResponse};
 
@@ -35,11 +35,6 @@ enum Credential {
     Managed { path: String },
 }
 
-/// An Azure Key Vault store.
-pub struct AzureStore {
-    inner: Arc<Inner>,
-}
-
 struct Inner {
     api: Rest,
     login: Rest,
@@ -47,70 +42,59 @@ struct Inner {
     token: Token,
 }
 
-impl AzureStore {
-    /// A store for the config; `env` reads Azure's variables. A first
-    /// token is fetched now, so wrong credentials stop start-up.
-    pub fn connect(
-        config: &AzureConfig,
-        env: &dyn Fn(&str) -> Option<String>,
-    ) -> Result<Self, String> {
-        let var = |n: &str| env(n).filter(|v| !v.is_empty());
-        // The config has no CA key for Azure: OpenSSL's convention.
-        let ca = var("SSL_CERT_FILE");
-        let authority = var("AZURE_AUTHORITY_HOST").unwrap_or_else(|| AUTHORITY.into());
-        let authority = format!("{}/", authority.trim_end_matches('/'));
-        let secret_login = |tenant: &str, client_id: &str, secret: &str| {
-            let url = format!("{authority}{}/oauth2/v2.0/token", encode(tenant));
-            let credential = Credential::Secret {
-                path: url_path(&url),
-                client_id: client_id.to_owned(),
-                secret: Zeroizing::new(secret.to_owned()),
-            };
-            (url_origin(&url), credential)
+/// A store for the config; `env` reads Azure's variables. A first
+/// token is fetched now, so wrong credentials stop start-up.
+pub fn connect(
+    config: &AzureConfig,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Connected, String> {
+    let var = |n: &str| env(n).filter(|v| !v.is_empty());
+    // The config has no CA key for Azure: OpenSSL's convention.
+    let ca = var("SSL_CERT_FILE");
+    let authority = var("AZURE_AUTHORITY_HOST").unwrap_or_else(|| AUTHORITY.into());
+    let authority = format!("{}/", authority.trim_end_matches('/'));
+    let secret_login = |tenant: &str, client_id: &str, secret: &str| {
+        let url = format!("{authority}{}/oauth2/v2.0/token", encode(tenant));
+        let credential = Credential::Secret {
+            path: url_path(&url),
+            client_id: client_id.to_owned(),
+            secret: Zeroizing::new(secret.to_owned()),
         };
-        let managed = |client_id: Option<String>| {
-            let base = var("AZURE_POD_IDENTITY_AUTHORITY_HOST").unwrap_or_else(|| IMDS.into());
-            let mut path = format!(
-                "/metadata/identity/oauth2/token?api-version=2018-02-01&resource={}",
-                encode(proto::RESOURCE)
-            );
-            if let Some(id) = client_id {
-                path.push_str(&format!("&client_id={}", encode(&id)));
+        (url_origin(&url), credential)
+    };
+    let managed = |client_id: Option<String>| {
+        let base = var("AZURE_POD_IDENTITY_AUTHORITY_HOST").unwrap_or_else(|| IMDS.into());
+        let mut path = format!(
+            "/metadata/identity/oauth2/token?api-version=2018-02-01&resource={}",
+            encode(proto::RESOURCE)
+        );
+        if let Some(id) = client_id {
+            path.push_str(&format!("&client_id={}", encode(&id)));
+        }
+        (url_origin(&base), Credential::Managed { path })
+    };
+    let (origin, credential) = match &config.auth {
+        AzureAuth::ClientSecret { tenant_id, client_id, client_secret } => {
+            secret_login(tenant_id, client_id, client_secret.expose())
+        }
+        AzureAuth::ManagedIdentity { client_id } => managed(Some(client_id.clone())),
+        AzureAuth::Default => {
+            match (var("AZURE_TENANT_ID"), var("AZURE_CLIENT_ID"), var("AZURE_CLIENT_SECRET")) {
+                (Some(t), Some(c), Some(s)) => secret_login(&t, &c, &s),
+                (_, c, _) => managed(c),
             }
-            (url_origin(&base), Credential::Managed { path })
-        };
-        let (origin, credential) = match &config.auth {
-            AzureAuth::ClientSecret { tenant_id, client_id, client_secret } => {
-                secret_login(tenant_id, client_id, client_secret.expose())
-            }
-            AzureAuth::ManagedIdentity { client_id } => managed(Some(client_id.clone())),
-            AzureAuth::Default => {
-                match (var("AZURE_TENANT_ID"), var("AZURE_CLIENT_ID"), var("AZURE_CLIENT_SECRET")) {
-                    (Some(t), Some(c), Some(s)) => secret_login(&t, &c, &s),
-                    (_, c, _) => managed(c),
-                }
-            }
-        };
-        let inner = Arc::new(Inner {
-            api: Rest::new("azure", &config.endpoint, ca.as_deref())?,
-            login: Rest::new("azure", &origin, ca.as_deref())?,
-            credential,
-            token: Token::default(),
-        });
-        smol::block_on(inner.token.get(&|| inner.fetch_token()))
-            .map_err(|e| format!("azure: cannot get a token for {}: {e}", config.endpoint))?;
-        Ok(Self { inner })
-    }
-
-    /// The store, ready for the server.
-    pub fn into_store(self) -> RemoteStore<impl Remote> {
-        RemoteStore::new(self.inner)
-    }
-
-    /// Whether the vault endpoint is plain HTTP.
-    pub fn is_plaintext(&self) -> bool {
-        self.inner.api.http.is_plaintext()
-    }
+        }
+    };
+    let inner = Arc::new(Inner {
+        api: Rest::new("azure", &config.endpoint, ca.as_deref())?,
+        login: Rest::new("azure", &origin, ca.as_deref())?,
+        credential,
+        token: Token::default(),
+    });
+    smol::block_on(inner.token.get(&|| inner.fetch_token()))
+        .map_err(|e| format!("azure: cannot get a token for {}: {e}", config.endpoint))?;
+    let plaintext = inner.api.http.is_plaintext();
+    Ok(Connected { store: Arc::new(RemoteStore::new(inner)), plaintext })
 }
 
 impl Remote for Inner {
@@ -245,13 +229,8 @@ impl Inner {
             (false, true) => format!("{path}&api-version={}", proto::API_VERSION),
             (false, false) => format!("{path}?api-version={}", proto::API_VERSION),
         };
-        let make = |auth: &str| {
-            let req = HttpRequest::new(method, path.clone()).header("Authorization", auth);
-            match body {
-                Some(b) => req.json(b.to_vec()),
-                None => req,
-            }
-        };
+        let make =
+            |auth: &str| request(method, &path, "Authorization", auth, body.map(|b| b.as_slice()));
         self.api.send_authed(&self.token, &|| self.fetch_token(), &make, idempotent).await
     }
 

@@ -4,14 +4,12 @@
 //! **oldest** version (so when two creators race, the first one wins for
 //! every reader); a deleted secret is purged so the name can be reused.
 
-use std::time::Duration;
-
 use kes_core::crypto::SecretBytes;
 use kes_core::{StoreError, StoreReply};
 use serde_json::Value;
 use zeroize::Zeroizing;
 
-use super::super::rest::{encode, take_string, Grant};
+use super::super::rest::{encode, grant, oauth_refused, take_string, Grant};
 use crate::https::HttpResponse;
 
 /// The secrets API version sent with every call.
@@ -51,32 +49,10 @@ pub fn client_credentials_form(client_id: &str, secret: &str) -> Zeroizing<Vec<u
 /// A token answer (Entra ID or IMDS): `expires_in` is a number or, from
 /// IMDS, a string.
 pub fn token_result(r: &HttpResponse) -> Result<Grant, StoreError> {
-    let v: Value = serde_json::from_slice(&r.body).unwrap_or(Value::Null);
     if r.status != 200 {
-        let why = v["error_description"].as_str().or(v["error"].as_str()).unwrap_or("");
-        let why = why.lines().next().unwrap_or("");
-        let text = format!("azure: token request refused: status {} {why}", r.status);
-        return Err(if r.status >= 500 {
-            StoreError::Unreachable(text)
-        } else {
-            StoreError::Failed(text)
-        });
+        return Err(oauth_refused("azure", r));
     }
-    let token = v["access_token"]
-        .as_str()
-        .filter(|t| !t.is_empty())
-        .ok_or_else(|| StoreError::Failed("azure: token answer has no access_token".into()))?;
-    let secs = match &v["expires_in"] {
-        Value::Number(n) => n.as_u64(),
-        Value::String(s) => s.parse().ok(),
-        _ => None,
-    }
-    .unwrap_or(3600)
-    .clamp(1, 86_400);
-    Ok(Grant {
-        token: Zeroizing::new(format!("Bearer {token}")),
-        lifetime: Duration::from_secs(secs),
-    })
+    grant("azure", r, "access_token", "expires_in", 3600, true)
 }
 
 /// Body of a secret write: the KES key file as the secret's value.
@@ -163,9 +139,7 @@ pub fn list_result(r: &HttpResponse) -> Result<(Vec<String>, Option<String>), St
 mod tests {
     use super::*;
 
-    fn resp(status: u16, body: &str) -> HttpResponse {
-        HttpResponse { status, location: None, body: Zeroizing::new(body.as_bytes().to_vec()) }
-    }
+    use crate::store::rest::response as resp;
 
     #[test]
     fn tokens() {

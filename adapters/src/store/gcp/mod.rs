@@ -15,18 +15,13 @@ use kes_core::{Command, StoreError, StoreReply};
 use ring::signature::{RsaKeyPair, RSA_PKCS1_SHA256};
 use zeroize::Zeroizing;
 
-use super::rest::{url_origin, url_path, Grant, Rest, Token};
+use super::rest::{request, url_origin, url_path, Connected, Grant, Rest, Token};
 use super::{Remote, RemoteStore};
 use crate::https::HttpRequest;
 
 /// Listing page size and the most pages followed.
 const PAGE: usize = 250;
 const MAX_PAGES: usize = 10_000;
-
-/// A GCP Secret Manager store.
-pub struct GcpStore {
-    inner: Arc<Inner>,
-}
 
 struct Inner {
     api: Rest,
@@ -41,45 +36,34 @@ struct Inner {
     token: Token,
 }
 
-impl GcpStore {
-    /// Loads the account's key and fetches a first token, so wrong
-    /// credentials stop start-up instead of the first request (KES finds
-    /// out only then).
-    /// `env` gives `SSL_CERT_FILE`, the CA file when set (the config has no
-    /// CA key for GCP).
-    pub fn connect(
-        config: &GcpConfig,
-        env: &dyn Fn(&str) -> Option<String>,
-    ) -> Result<Self, String> {
-        let c = &config.credentials;
-        let ca = env("SSL_CERT_FILE").filter(|v| !v.is_empty());
-        let key = load_key(c.private_key.expose())?;
-        let inner = Arc::new(Inner {
-            api: Rest::new("gcp", &config.endpoint, ca.as_deref())?,
-            oauth: Rest::new("gcp", &url_origin(&c.token_uri), ca.as_deref())?,
-            token_path: url_path(&c.token_uri),
-            token_uri: c.token_uri.clone(),
-            project: config.project_id.clone(),
-            scope: config.scopes.join(" "),
-            email: c.client_email.clone(),
-            key_id: c.private_key_id.clone(),
-            key,
-            token: Token::default(),
-        });
-        smol::block_on(inner.token.get(&|| inner.login()))
-            .map_err(|e| format!("gcp: cannot log in as '{}': {e}", c.client_email))?;
-        Ok(Self { inner })
-    }
-
-    /// The store, ready for the server.
-    pub fn into_store(self) -> RemoteStore<impl Remote> {
-        RemoteStore::new(self.inner)
-    }
-
-    /// Whether the API or the token endpoint is plain HTTP.
-    pub fn is_plaintext(&self) -> bool {
-        self.inner.api.http.is_plaintext() || self.inner.oauth.http.is_plaintext()
-    }
+/// Loads the account's key and fetches a first token, so wrong
+/// credentials stop start-up instead of the first request (KES finds
+/// out only then).
+/// `env` gives `SSL_CERT_FILE`, the CA file when set (the config has no
+/// CA key for GCP).
+pub fn connect(
+    config: &GcpConfig,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Connected, String> {
+    let c = &config.credentials;
+    let ca = env("SSL_CERT_FILE").filter(|v| !v.is_empty());
+    let key = load_key(c.private_key.expose())?;
+    let inner = Arc::new(Inner {
+        api: Rest::new("gcp", &config.endpoint, ca.as_deref())?,
+        oauth: Rest::new("gcp", &url_origin(&c.token_uri), ca.as_deref())?,
+        token_path: url_path(&c.token_uri),
+        token_uri: c.token_uri.clone(),
+        project: config.project_id.clone(),
+        scope: config.scopes.join(" "),
+        email: c.client_email.clone(),
+        key_id: c.private_key_id.clone(),
+        key,
+        token: Token::default(),
+    });
+    smol::block_on(inner.token.get(&|| inner.login()))
+        .map_err(|e| format!("gcp: cannot log in as '{}': {e}", c.client_email))?;
+    let plaintext = inner.api.http.is_plaintext() || inner.oauth.http.is_plaintext();
+    Ok(Connected { store: Arc::new(RemoteStore::new(inner)), plaintext })
 }
 
 /// The PKCS#8 RSA key of a service account. Keys pasted from the JSON key
@@ -190,11 +174,7 @@ impl Inner {
     ) -> Result<crate::https::HttpResponse, StoreError> {
         let body = body.map(Zeroizing::new);
         let make = |auth: &str| {
-            let req = HttpRequest::new(method, path.to_owned()).header("Authorization", auth);
-            match &body {
-                Some(b) => req.json(b.to_vec()),
-                None => req,
-            }
+            request(method, path, "Authorization", auth, body.as_ref().map(|b| b.as_slice()))
         };
         self.api.send_authed(&self.token, &|| self.login(), &make, idempotent).await
     }

@@ -10,7 +10,7 @@ use kes_core::{StoreError, StoreReply};
 use serde_json::{json, Value};
 use zeroize::Zeroizing;
 
-use super::super::rest::{encode, take_string, Grant};
+use super::super::rest::{encode, grant, oauth_refused, take_string, Grant};
 use crate::https::HttpResponse;
 
 /// The JWT-bearer grant type, form-encoded.
@@ -59,25 +59,10 @@ pub fn token_form(jwt: &str) -> Vec<u8> {
 
 /// The token endpoint's answer: `access_token` and `expires_in`.
 pub fn token_result(r: &HttpResponse) -> Result<Grant, StoreError> {
-    let v: Value = serde_json::from_slice(&r.body).unwrap_or(Value::Null);
     if r.status != 200 {
-        let why = v["error_description"].as_str().or(v["error"].as_str()).unwrap_or("");
-        let text = format!("gcp: token request refused: status {} {why}", r.status);
-        return Err(if r.status >= 500 {
-            StoreError::Unreachable(text)
-        } else {
-            StoreError::Failed(text)
-        });
+        return Err(oauth_refused("gcp", r));
     }
-    let token = v["access_token"]
-        .as_str()
-        .filter(|t| !t.is_empty())
-        .ok_or_else(|| StoreError::Failed("gcp: token answer has no access_token".into()))?;
-    let secs = v["expires_in"].as_u64().unwrap_or(TOKEN_SECONDS).clamp(1, 86_400);
-    Ok(Grant {
-        token: Zeroizing::new(format!("Bearer {token}")),
-        lifetime: std::time::Duration::from_secs(secs),
-    })
+    grant("gcp", r, "access_token", "expires_in", TOKEN_SECONDS, true)
 }
 
 /// `projects/P/secrets`.
@@ -146,9 +131,7 @@ pub fn list_result(r: &HttpResponse) -> Result<(Vec<String>, Option<String>), St
 mod tests {
     use super::*;
 
-    fn resp(status: u16, body: &str) -> HttpResponse {
-        HttpResponse { status, location: None, body: Zeroizing::new(body.as_bytes().to_vec()) }
-    }
+    use crate::store::rest::response as resp;
 
     #[test]
     fn assertion_and_token() {
