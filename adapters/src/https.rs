@@ -206,6 +206,29 @@ impl HttpsClient {
         .await
     }
 
+    /// Like [`Self::send`], on a new connection that is not pooled
+    /// afterwards: behind a load balancer, a way to ask another backend.
+    pub async fn send_fresh(
+        &self,
+        req: &HttpRequest,
+        timeout: Duration,
+    ) -> Result<HttpResponse, HttpError> {
+        let until = Instant::now() + timeout;
+        let once = async {
+            let mut conn = self.connect().await?;
+            match self.on(&mut conn, req).await {
+                Ok((resp, _)) => Ok(resp),
+                Err(Stale) => Err(HttpError::Io("connection closed before the answer".into())),
+                Err(Failed(e)) => Err(e),
+            }
+        };
+        smol::future::or(once, async {
+            Timer::at(until).await;
+            Err(HttpError::Timeout)
+        })
+        .await
+    }
+
     async fn exchange(&self, req: &HttpRequest) -> Result<HttpResponse, HttpError> {
         let pooled = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop();
         if let Some(mut conn) = pooled {
@@ -416,8 +439,18 @@ async fn read_response(conn: &mut Conn, head_only: bool) -> Result<(HttpResponse
             rest
         }
     };
-    let keep = !close && !matches!(framing, Framing::UntilClose);
+    let keep = !close && !matches!(framing, Framing::UntilClose) && !moves_on(status);
     Ok((HttpResponse { status, location, body: Zeroizing::new(body) }, keep))
+}
+
+/// Whether an answer says "ask elsewhere": a server error, throttling or a
+/// redirect. Its connection is not kept: behind an L4 load balancer each
+/// connection is pinned to one backend, so a retry on the same connection
+/// would reach the same failing node (a standby during an election, a
+/// deposed leader after a freeze), and a fresh one may reach a healthy one.
+/// Connections that answer directly are the ones that stay pooled.
+fn moves_on(status: u16) -> bool {
+    status == 307 || status == 429 || status >= 500
 }
 
 enum Framing {

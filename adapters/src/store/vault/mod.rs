@@ -41,6 +41,9 @@ const RETRY_BUDGET: Duration = Duration::from_secs(10);
 /// First pause between attempts; doubles up to [`MAX_BACKOFF`].
 const BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(1);
+/// Sealed answers from a single configured address before the store is
+/// taken as sealed (it may be one node of several behind a balancer).
+const SEALED_LOOKS: u32 = 2;
 /// How often the background task looks at the token and the seal status.
 const TICK: Duration = Duration::from_secs(1);
 
@@ -139,6 +142,15 @@ async fn background(store: Weak<Inner>) {
             next_ping = now + inner.config.ping;
         }
     }
+}
+
+/// Why one exchange got no answer: the configured node failed, or the node
+/// a standby redirected to did. Only the first says anything about the
+/// configured address: behind a load balancer, a standby's redirect names
+/// a node by its own address, which may be the leader that just died.
+enum Failure {
+    Node(HttpError),
+    Redirected(HttpError),
 }
 
 fn unreachable(e: HttpError) -> StoreError {
@@ -265,6 +277,7 @@ impl Inner {
         // give up at once instead of retrying for the whole budget. Each
         // node is tried once even when the last poll found none.
         let mut refused = vec![false; self.nodes.len()];
+        let mut sealed_answers = 0;
         loop {
             let last = Instant::now() + pause >= until;
             let i = self.current.load(Ordering::Relaxed);
@@ -277,17 +290,24 @@ impl Inner {
                     continue;
                 }
                 Ok(r) if r.status == 503 && proto::errors(&r.body).contains("sealed") => {
-                    // Another node may serve; with one node, fail fast.
-                    if self.nodes.len() == 1 || last {
-                        self.sealed.store(self.nodes.len() == 1, Ordering::Relaxed);
+                    // Another node may serve. One configured address may
+                    // still be several nodes behind a load balancer: its
+                    // connection was dropped (a server error), so one more
+                    // try may reach another; a second sealed answer fails
+                    // fast.
+                    sealed_answers += 1;
+                    let single = self.nodes.len() == 1;
+                    if last || (single && sealed_answers >= SEALED_LOOKS) {
+                        self.sealed.store(single, Ordering::Relaxed);
                         return Ok(r);
                     }
                     self.next_node();
+                    continue;
                 }
                 Ok(r) if idempotent && !last && proto::transient(&r) => {}
                 Ok(r) => return Ok(r),
                 // Nothing was sent: safe to try again, whatever the call.
-                Err(e @ HttpError::Connect(_)) => {
+                Err(Failure::Node(e @ HttpError::Connect(_))) => {
                     refused[i % self.nodes.len()] = true;
                     if refused.iter().all(|r| *r) {
                         self.down.store(true, Ordering::Relaxed);
@@ -295,8 +315,16 @@ impl Inner {
                     }
                     continue;
                 }
+                // The node a standby named is gone (a dead leader, before
+                // the standbys learnt of the new one): an election, not an
+                // outage. Nothing was sent, so any call may go again
+                // through the configured address, within the budget.
+                Err(Failure::Redirected(e @ HttpError::Connect(_))) if last => {
+                    return Err(unreachable(e))
+                }
+                Err(Failure::Redirected(HttpError::Connect(_))) => {}
                 Err(_) if idempotent && !last => {}
-                Err(e) => return Err(unreachable(e)),
+                Err(Failure::Node(e) | Failure::Redirected(e)) => return Err(unreachable(e)),
             }
             Timer::after(pause).await;
             pause = (pause * 2).min(MAX_BACKOFF);
@@ -328,7 +356,7 @@ impl Inner {
         &self,
         i: usize,
         make: &(dyn Fn() -> HttpRequest + Sync),
-    ) -> Result<HttpResponse, HttpError> {
+    ) -> Result<HttpResponse, Failure> {
         let node = self.nodes[i % self.nodes.len()].clone();
         let r = match node.send(&make(), REQUEST_TIMEOUT).await {
             Ok(r) => {
@@ -338,7 +366,7 @@ impl Inner {
             Err(e) => {
                 // This node failed: move on, unless another call already did.
                 self.advance_from(i);
-                return Err(e);
+                return Err(Failure::Node(e));
             }
         };
         if r.status != 307 {
@@ -350,7 +378,7 @@ impl Inner {
         let Ok(client) = self.client_for(base) else { return Ok(r) };
         let mut again = make();
         again.path = path.to_owned();
-        client.send(&again, REQUEST_TIMEOUT).await
+        client.send(&again, REQUEST_TIMEOUT).await.map_err(Failure::Redirected)
     }
 
     /// A client for another node of the cluster, with the same TLS setup.
@@ -395,7 +423,7 @@ impl Inner {
         let login = || proto::login_request(&self.config.auth, &self.config.namespace, jwt);
         let result = match self.exchange(self.current.load(Ordering::Relaxed), &login).await {
             Ok(r) => proto::token_result(&r),
-            Err(e) => Err(unreachable(e)),
+            Err(Failure::Node(e) | Failure::Redirected(e)) => Err(unreachable(e)),
         };
         let now = Instant::now();
         match result {
@@ -456,14 +484,18 @@ impl Inner {
     async fn ping(&self) -> Result<proto::Health, StoreError> {
         // Look at each node at most once, starting with the one in use,
         // until one serves; sealed means none does.
+        // A single address may be a balancer in front of several nodes:
+        // a node that does not serve is looked past on fresh connections.
         let mut last = Err(StoreError::Unreachable("vault: no endpoint".into()));
-        for _ in 0..self.nodes.len() {
-            let answer = self
-                .node()
-                .send(&HttpRequest::new("GET", proto::HEALTH.into()), REQUEST_TIMEOUT)
-                .await
-                .map_err(unreachable)
-                .and_then(|r| proto::health_result(&r));
+        let looks = if self.nodes.len() == 1 { SEALED_LOOKS as usize } else { self.nodes.len() };
+        for look in 0..looks {
+            let health = HttpRequest::new("GET", proto::HEALTH.into());
+            let node = self.node();
+            let sent = match look {
+                0 => node.send(&health, REQUEST_TIMEOUT).await,
+                _ => node.send_fresh(&health, REQUEST_TIMEOUT).await,
+            };
+            let answer = sent.map_err(unreachable).and_then(|r| proto::health_result(&r));
             match answer {
                 Ok(h) if h.serving() => {
                     self.sealed.store(false, Ordering::Relaxed);
