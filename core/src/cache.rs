@@ -10,7 +10,9 @@
 //! is lost, and its next request fails. Here, with `offline` set, expired
 //! keys are kept aside as *stale* for up to `offline`: they are never served
 //! while the store answers (a re-fetch replaces them, or drops them if the
-//! key was deleted), only when the re-fetch finds the store unreachable.
+//! key was deleted), only when the re-fetch finds the store unreachable, or
+//! when it takes longer than `stale_wait` (stale-while-revalidate: a slow
+//! or frozen store costs a request for a hot key at most that long).
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -121,6 +123,23 @@ impl KeyCache {
                 true
             }
             _ => false,
+        }
+    }
+
+    /// An expired key kept aside (offline caching), without restoring it:
+    /// what answers while a re-read is slower than `stale_wait`.
+    pub fn stale(&self, name: &str, now: Instant) -> Option<&KeyRing> {
+        let s = self.stale.get(name)?;
+        (now.saturating_duration_since(s.since) < self.cfg.offline).then_some(&s.key)
+    }
+
+    /// How long a request for a key with a stale copy waits for the store
+    /// (zero: no stale-while-revalidate).
+    pub fn stale_wait(&self) -> std::time::Duration {
+        if self.cfg.offline.is_zero() {
+            std::time::Duration::ZERO
+        } else {
+            self.cfg.stale_wait
         }
     }
 
@@ -243,6 +262,7 @@ mod tests {
             any: Duration::from_secs(60),
             unused: Duration::ZERO,
             offline: Duration::ZERO,
+            stale_wait: Duration::ZERO,
         };
         let mut c = KeyCache::new(cfg, t0);
         c.insert(name("a"), key());
@@ -260,6 +280,7 @@ mod tests {
             any: Duration::ZERO,
             unused: Duration::from_secs(20),
             offline: Duration::ZERO,
+            stale_wait: Duration::ZERO,
         };
         let mut c = KeyCache::new(cfg, t0);
         c.insert(name("busy"), key());
@@ -277,7 +298,8 @@ mod tests {
     fn offline_holds_keys_until_deadline() {
         let t0 = Instant::now();
         let s = Duration::from_secs;
-        let cfg = CacheConfig { any: s(30), unused: s(10), offline: s(120) };
+        let cfg =
+            CacheConfig { any: s(30), unused: s(10), offline: s(120), stale_wait: Duration::ZERO };
         let mut c = KeyCache::new(cfg, t0);
         c.insert(name("a"), key());
         assert_eq!(c.handle_timeout(t0 + s(5)), Tick::Idle);
@@ -297,7 +319,12 @@ mod tests {
     fn recovery_resumes_normal_expiry() {
         let t0 = Instant::now();
         let s = Duration::from_secs;
-        let cfg = CacheConfig { any: s(30), unused: Duration::ZERO, offline: s(600) };
+        let cfg = CacheConfig {
+            any: s(30),
+            unused: Duration::ZERO,
+            offline: s(600),
+            stale_wait: Duration::ZERO,
+        };
         let mut c = KeyCache::new(cfg, t0);
         c.insert(name("a"), key());
         c.set_offline(true, t0);
@@ -315,6 +342,7 @@ mod tests {
             any: Duration::from_secs(2),
             unused: Duration::from_secs(60),
             offline: Duration::from_secs(30),
+            stale_wait: Duration::ZERO,
         };
         let mut c = KeyCache::new(cfg, t0);
         let name = KeyName::parse("k").unwrap();

@@ -135,12 +135,12 @@ impl Harness {
             }
             let step = t.saturating_duration_since(self.now.instant);
             self.now = self.now.advanced(step);
-            self.server.handle_timeout(self.now);
+            self.server.handle_timeout(self.now, &mut self.rng);
             self.drain(&mut Vec::new());
         }
         let rest = end.saturating_duration_since(self.now.instant);
         self.now = self.now.advanced(rest);
-        self.server.handle_timeout(self.now);
+        self.server.handle_timeout(self.now, &mut self.rng);
         self.drain(&mut Vec::new());
     }
 

@@ -78,7 +78,7 @@ proptest! {
     #[test]
     fn model(ops in proptest::collection::vec(op(), 1..40), raw in any::<bool>()) {
         let mut config = Config::empty();
-        config.cache = CacheConfig { any: Duration::from_secs(60), unused: Duration::from_secs(20), offline: Duration::ZERO };
+        config.cache = CacheConfig { any: Duration::from_secs(60), unused: Duration::from_secs(20), offline: Duration::ZERO, stale_wait: Duration::ZERO };
         if raw {
             config.compat.ciphertext = kes_core::crypto::CiphertextFormat::Raw;
         }
@@ -264,6 +264,7 @@ fn offline_cache_serves_while_store_is_down() {
         any: Duration::from_secs(30),
         unused: Duration::from_secs(20),
         offline: Duration::from_secs(300),
+        stale_wait: Duration::ZERO,
     };
     let mut h = start(config);
     assert_eq!(call(&mut h, Method::POST, "/v1/key/create/k", Value::Null).status, StatusCode::OK);
@@ -299,6 +300,7 @@ fn without_offline_cache_keys_expire_during_outage() {
         any: Duration::from_secs(30),
         unused: Duration::ZERO,
         offline: Duration::ZERO,
+        stale_wait: Duration::ZERO,
     };
     let mut h = start(config);
     call(&mut h, Method::POST, "/v1/key/create/k", Value::Null);
@@ -493,7 +495,7 @@ mod direct {
         let (deadline, who) = s.poll_timeout().unwrap();
         assert_eq!(who, "request");
         assert_eq!(deadline, now.instant + Duration::from_secs(15));
-        s.handle_timeout(now.advanced(Duration::from_secs(15)));
+        s.handle_timeout(now.advanced(Duration::from_secs(15)), &mut rng);
         let resps: Vec<_> = std::iter::from_fn(|| s.poll_response()).collect();
         assert_eq!(resps.len(), 3);
         for (_, r) in &resps {
@@ -528,6 +530,75 @@ mod direct {
         );
         let (_, r) = s.poll_response().unwrap();
         assert_eq!(r.status, StatusCode::INTERNAL_SERVER_ERROR);
+    }
+
+    /// Stale-while-revalidate: with offline caching, a request for a key
+    /// whose entry expired waits at most `stale_wait` for a slow store, then
+    /// the expired copy answers; later requests get it at once; one re-read
+    /// serves them all, and its answer replaces the copy.
+    #[test]
+    fn slow_store_answers_hot_keys_from_the_stale_copy() {
+        let mut config = Config::empty();
+        config.admin = AdminSetting::Identity(admin());
+        config.cache = CacheConfig {
+            any: Duration::from_secs(2),
+            unused: Duration::ZERO,
+            offline: Duration::from_secs(3600),
+            stale_wait: Duration::from_millis(250),
+        };
+        let t0 = Now { instant: Instant::now(), unix: UnixTime::from_parts(1_700_000_000, 0) };
+        let mut rng = SeededRng(1);
+        let mut s = Server::new(config, t0, &mut rng);
+        let key = kes_core::crypto::SecretKey::generate(&mut rng, t0.unix, None);
+        let value = kes_core::crypto::keyfile::encode(&key).unwrap();
+        let ms = |n| t0.advanced(Duration::from_millis(n));
+        let answers = |s: &mut Server| -> Vec<(u64, u16)> {
+            std::iter::from_fn(|| s.poll_response())
+                .map(|(id, r)| (id.0, r.status.as_u16()))
+                .collect()
+        };
+        gen(&mut s, 1, t0, &mut rng);
+        let (cid, _) = s.poll_command().unwrap();
+        s.handle_store_result(cid, Ok(StoreReply::Value(value.clone())), t0, &mut rng);
+        assert_eq!(answers(&mut s), [(1, 200)]);
+        // `any` empties the cache: the key is kept aside as a stale copy.
+        s.handle_timeout(ms(2000), &mut rng);
+        gen(&mut s, 2, ms(2100), &mut rng);
+        gen(&mut s, 3, ms(2200), &mut rng);
+        let cmds: Vec<_> = std::iter::from_fn(|| s.poll_command()).collect();
+        assert_eq!(cmds.len(), 1, "one re-read for both");
+        assert!(answers(&mut s).is_empty(), "a healthy store gets its chance first");
+        assert_eq!(s.poll_timeout(), Some((ms(2350).instant, "stale")));
+        s.handle_timeout(ms(2349), &mut rng);
+        assert!(answers(&mut s).is_empty());
+        s.handle_timeout(ms(2350), &mut rng);
+        assert_eq!(answers(&mut s), [(2, 200), (3, 200)]);
+        let slow = std::iter::from_fn(|| s.poll_event())
+            .any(|e| matches!(e, kes_core::Event::Error(e) if e.message.contains("slow")));
+        assert!(slow, "the operator hears of the slow store");
+        // The re-read is still out: later requests do not queue behind it.
+        gen(&mut s, 4, ms(3000), &mut rng);
+        assert_eq!(answers(&mut s), [(4, 200)]);
+        assert!(s.poll_command().is_none(), "still one re-read");
+        // Its answer replaces the copy; cached again.
+        s.handle_store_result(cmds[0].0, Ok(StoreReply::Value(value.clone())), ms(5000), &mut rng);
+        gen(&mut s, 5, ms(5001), &mut rng);
+        assert_eq!(answers(&mut s), [(5, 200)]);
+        assert!(s.poll_command().is_none());
+        // A store that answers within `stale_wait` answers the request
+        // itself: here, that the key was deleted, which drops the copy.
+        s.handle_timeout(ms(6000), &mut rng);
+        gen(&mut s, 6, ms(6010), &mut rng);
+        let (cid, _) = s.poll_command().unwrap();
+        s.handle_store_result(cid, Err(StoreError::NotFound), ms(6050), &mut rng);
+        let (cid, cmd) = s.poll_command().unwrap();
+        assert!(matches!(cmd, Command::Get { .. }), "then its staged state");
+        s.handle_store_result(cid, Err(StoreError::NotFound), ms(6060), &mut rng);
+        assert_eq!(answers(&mut s), [(6, 404)]);
+        gen(&mut s, 7, ms(6100), &mut rng);
+        assert!(s.poll_command().is_some(), "no copy left: the store is asked");
+        s.handle_timeout(ms(6500), &mut rng);
+        assert!(answers(&mut s).is_empty(), "and nothing stale answers");
     }
 
     #[test]

@@ -156,6 +156,11 @@ pub struct CacheConfig {
     pub unused: Duration,
     /// Keep serving cached keys this long while the store is unreachable.
     pub offline: Duration,
+    /// With `offline` set: how long a request for a key whose cache entry
+    /// has expired waits for the store before the expired copy answers it
+    /// while the re-read goes on (stale-while-revalidate). Zero: requests
+    /// wait for the store, as before. `cache.stale_wait` (an extension).
+    pub stale_wait: Duration,
 }
 
 impl Default for CacheConfig {
@@ -165,9 +170,15 @@ impl Default for CacheConfig {
             any: Duration::from_secs(300),
             unused: Duration::from_secs(30),
             offline: Duration::ZERO,
+            stale_wait: DEFAULT_STALE_WAIT,
         }
     }
 }
+
+/// How long a request for a key with a stale copy waits for the store by
+/// default: a healthy store answers well within it, a slow or frozen one
+/// costs a caller no more than this.
+pub const DEFAULT_STALE_WAIT: Duration = Duration::from_millis(250);
 
 /// Which events are logged to the process's streams.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -525,6 +536,18 @@ compat:
         assert!(c.any_skip_auth());
         assert_eq!(c.compat.ciphertext, CiphertextFormat::Raw);
         assert!(!c.log.audit);
+        assert_eq!(c.cache.stale_wait, DEFAULT_STALE_WAIT);
+    }
+
+    #[test]
+    fn stale_wait_is_read_and_checked() {
+        let c = Config::parse("cache:\n  expiry:\n    offline: 1h\n  stale_wait: 100ms\n", &env)
+            .unwrap();
+        assert_eq!(c.cache.stale_wait, Duration::from_millis(100));
+        assert_eq!(c.cache.offline, Duration::from_secs(3600));
+        assert!(!c.warnings.iter().any(|w| w.contains("unknown")), "{:?}", c.warnings);
+        let e = Config::parse("cache:\n  stale_wait: soon\n", &env).unwrap_err();
+        assert_eq!(e.line, Some(2), "{e}");
     }
 
     #[test]

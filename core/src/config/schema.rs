@@ -84,6 +84,7 @@ pub(super) struct RawPolicy {
 #[serde(default)]
 pub(super) struct RawCache {
     pub(super) expiry: Option<RawExpiry>,
+    pub(super) stale_wait: Option<Dur>,
 }
 
 #[derive(Deserialize, Default)]

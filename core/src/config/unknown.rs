@@ -37,7 +37,13 @@ const ROOT: Shape = Map(&[
     ),
     ("api", Named(&Map(&[("skip_auth", Any), ("timeout", Any)]))),
     ("policy", Named(&Map(&[("allow", Any), ("deny", Any), ("paths", Any), ("identities", Any)]))),
-    ("cache", Map(&[("expiry", Map(&[("any", Any), ("unused", Any), ("offline", Any)]))])),
+    (
+        "cache",
+        Map(&[
+            ("expiry", Map(&[("any", Any), ("unused", Any), ("offline", Any)])),
+            ("stale_wait", Any),
+        ]),
+    ),
     ("log", Map(&[("error", Any), ("audit", Any)])),
     // A list of `- name:` entries, or the v0.13.5 keystore mapping.
     ("keys", Any),

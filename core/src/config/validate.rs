@@ -189,7 +189,11 @@ fn policy_identity(
 
 fn cache(raw: Option<RawCache>) -> CacheConfig {
     let mut cache = CacheConfig::default();
-    if let Some(e) = raw.and_then(|c| c.expiry) {
+    let Some(raw) = raw else { return cache };
+    if let Some(d) = raw.stale_wait {
+        cache.stale_wait = d.0;
+    }
+    if let Some(e) = raw.expiry {
         if let Some(d) = e.any {
             cache.any = d.0;
         }

@@ -78,17 +78,62 @@ impl Server {
             }
         }
         let op = op.expect("not run yet");
+        // A re-read already slower than `stale_wait`: its stale copy
+        // answers at once instead of queueing behind it.
+        if self.revalidating.get(name).is_some_and(Option::is_none) {
+            if let Some(key) = self.cache.stale(name, now.instant) {
+                let r = run_key_op(key, op, format, rng);
+                self.metrics.cache_hits += 1;
+                self.finish_result(id, ctx, r, now);
+                return;
+            }
+        }
         self.metrics.cache_misses += 1;
         let name = match KeyName::parse(name) {
             Ok(n) => n,
             Err(e) => return self.finish_result(id, ctx, Err(ApiError::InvalidName(e)), now),
         };
         self.inflight.insert(id, InFlight { ctx: ctx.clone(), deadline });
-        let waiters = self.fetching.entry(name.clone()).or_default();
-        waiters.push((id, op));
-        if waiters.len() == 1 {
+        let first = !self.fetching.contains_key(&name);
+        self.fetching.entry(name.clone()).or_default().push((id, op));
+        if first {
+            let wait = self.cache.stale_wait();
+            if !wait.is_zero() && self.cache.stale(name.as_str(), now.instant).is_some() {
+                self.revalidating.insert(name.clone(), Some(now.instant + wait));
+            }
             let cid = self.command(Command::Get { name: name.clone() }, now);
             self.fetches.insert(cid, (name, Fetch::Key));
+        }
+    }
+
+    /// Stale-while-revalidate: the waiters of re-reads that took longer
+    /// than `stale_wait` get the key's stale copy; the re-read goes on and
+    /// its result replaces (or, if the key is gone, drops) the copy.
+    pub(super) fn serve_stale_due(&mut self, now: Now, rng: &mut dyn CryptoRngCore) {
+        let due: Vec<KeyName> = self
+            .revalidating
+            .iter()
+            .filter(|(_, t)| t.is_some_and(|t| t <= now.instant))
+            .map(|(n, _)| n.clone())
+            .collect();
+        let format = self.compat.ciphertext;
+        for name in due {
+            self.revalidating.insert(name.clone(), None);
+            let waiters = match self.fetching.get_mut(&name) {
+                Some(w) if self.cache.stale(name.as_str(), now.instant).is_some() => {
+                    std::mem::take(w)
+                }
+                _ => continue,
+            };
+            self.error_event(
+                format!("key store slow: serving the cached key '{name}' while it is read again"),
+                now,
+            );
+            for (req, op) in waiters {
+                let Some(key) = self.cache.stale(name.as_str(), now.instant) else { break };
+                let r = run_key_op(key, op, format, rng);
+                self.complete(req, r, now);
+            }
         }
     }
 
@@ -107,6 +152,7 @@ impl Server {
             return;
         }
         let waiters = self.fetching.remove(&name).unwrap_or_default();
+        self.revalidating.remove(&name);
         let outcome: Result<(), ApiError> = match result {
             Ok(StoreReply::Value(v)) => match KeyRing::decode(v.expose()) {
                 Ok(key) => {

@@ -137,6 +137,10 @@ pub struct Server {
     inflight: BTreeMap<RequestId, InFlight>,
     fetches: BTreeMap<CommandId, (KeyName, Fetch)>,
     fetching: BTreeMap<KeyName, Vec<(RequestId, KeyOp)>>,
+    /// Fetches of keys that have a stale copy: when their waiters get the
+    /// stale copy (`None`: that time has passed, later requests get it at
+    /// once). See [`keyops`].
+    revalidating: BTreeMap<KeyName, Option<Instant>>,
     pending: BTreeMap<CommandId, Pending>,
     commands: VecDeque<(CommandId, Command)>,
     responses: VecDeque<(RequestId, Response)>,
@@ -165,6 +169,7 @@ impl Server {
             inflight: BTreeMap::new(),
             fetches: BTreeMap::new(),
             fetching: BTreeMap::new(),
+            revalidating: BTreeMap::new(),
             pending: BTreeMap::new(),
             commands: VecDeque::new(),
             responses: VecDeque::new(),
@@ -328,11 +333,12 @@ impl Server {
     }
 
     /// Runs expiries and request timeouts that are due. Spurious calls are safe.
-    pub fn handle_timeout(&mut self, now: Now) {
+    pub fn handle_timeout(&mut self, now: Now, rng: &mut dyn CryptoRngCore) {
         if self.cache.handle_timeout(now.instant) == Tick::Probe {
             let id = self.command(Command::Status, now);
             self.pending.insert(id, Pending::Probe);
         }
+        self.serve_stale_due(now, rng);
         let expired: Vec<RequestId> = self
             .inflight
             .iter()
@@ -371,7 +377,8 @@ impl Server {
         let requests =
             self.inflight.values().filter_map(|f| f.deadline).min().map(|d| (d, "request"));
         let cache = self.cache.poll_timeout().map(|d| (d, "cache"));
-        [requests, cache].into_iter().flatten().min_by_key(|(d, _)| *d)
+        let stale = self.revalidating.values().flatten().min().map(|d| (*d, "stale"));
+        [requests, cache, stale].into_iter().flatten().min_by_key(|(d, _)| *d)
     }
 
     /// Requests waiting for the key store.
