@@ -246,7 +246,8 @@ fn lifecycle(
     assert_eq!(c.call("DELETE", "/v1/key/delete/k1", b"").unwrap().status, 200);
     std::thread::sleep(Duration::from_millis(600)); // past cache.any
     assert_eq!(c.json("PUT", "/v1/key/generate/k1", json!({})).status, 404);
-    assert_eq!(c.call("PUT", "/v1/key/create/k1", b"").unwrap().status, 200, "name reusable");
+    let r = c.call("PUT", "/v1/key/create/k1", b"").unwrap();
+    assert_eq!(r.status, 200, "name reusable: {}", r.text());
     assert_eq!(c.call("DELETE", "/v1/key/delete/nope", b"").unwrap().status, 404);
 
     // Key versions: a rotation rewrites the key's entry through the staging

@@ -13,7 +13,8 @@ KIND is one of:
              (Secret Manager itself is drongo, a real REST implementation.)
   azure      Key Vault secrets API 7.x + Entra ID client-credentials tokens +
              managed-identity (IMDS) tokens; 401 challenge without a token;
-             soft delete with purge, ObjectIsBeingDeleted while deleting.
+             soft delete with purge, ObjectIsBeingDeleted while deleting, and a
+             purge that completes seconds after it was accepted (PUT refused).
   keysecure  CipherTrust Manager: refresh-token login, /api/v1/vault/secrets.
   fortanix   Fortanix DSM: API-key session, /crypto/v1/keys.
   entrust    Entrust KeyControl secrets vault: /vault/1.0/<Op>/.
@@ -144,6 +145,11 @@ def gcp_token(h, method, path, q):
 # --- Azure Key Vault ------------------------------------------------------
 
 AZ = {}  # name -> {"versions": [...], "deleted_at": None | t}
+# Names whose purge was accepted but has not completed: name -> when it
+# completes. Azure purges asynchronously: DELETE /deletedsecrets answers
+# at once, and for some seconds after, PUT /secrets/<name> is refused with
+# 409 ObjectIsBeingDeleted while the deleted secret is no longer listed.
+AZ_PURGING = {}
 
 
 def az_error(h, status, code, msg, inner=None, headers=()):
@@ -181,6 +187,8 @@ def azure(h, method, path, q):
     base = f"https://{h.headers.get('Host')}"
     now = int(time.time())
     with LOCK:
+        for n in [n for n, t in AZ_PURGING.items() if t <= time.time()]:
+            del AZ_PURGING[n]
         if parts[:1] == ["deletedsecrets"] and len(parts) == 2 and method == "DELETE":
             s = AZ.get(parts[1])
             if s is None or s["deleted_at"] is None:
@@ -188,6 +196,7 @@ def azure(h, method, path, q):
             if time.time() - s["deleted_at"] < 0.3:
                 return az_error(h, 409, "Conflict", "Secret is currently being deleted.", "ObjectIsBeingDeleted")
             del AZ[parts[1]]
+            AZ_PURGING[parts[1]] = time.time() + ARGS.purge_delay
             return h.reply(204)
         if parts == ["secrets"] and method == "GET":
             names = sorted(n for n, s in AZ.items() if s["deleted_at"] is None)
@@ -201,9 +210,11 @@ def azure(h, method, path, q):
         live = s is not None and s["deleted_at"] is None
         bundle = lambda v: {"value": v["value"], "id": f"{base}/secrets/{name}/{v['id']}", "attributes": v["attributes"]}
         if method == "PUT" and len(parts) == 2:
+            value = (h.json_body() or {}).get("value")  # read before any answer: keep-alive
+            if name in AZ_PURGING:
+                return az_error(h, 409, "Conflict", f"Secret {name} is currently being deleted.", "ObjectIsBeingDeleted")
             if s is not None and not live:
                 return az_error(h, 409, "Conflict", f"Secret {name} is currently in a deleted but recoverable state.", "ObjectIsDeletedButRecoverable")
-            value = (h.json_body() or {}).get("value")
             if not isinstance(value, str):
                 return az_error(h, 400, "BadParameter", "value is required")
             s = AZ.setdefault(name, {"versions": [], "deleted_at": None})
@@ -379,6 +390,7 @@ if __name__ == "__main__":
     p.add_argument("--client-id", default="")  # Azure client id, Entrust user name
     p.add_argument("--client-secret", default="")
     p.add_argument("--tenant", default="")
+    p.add_argument("--purge-delay", type=float, default=2.0)  # Azure: seconds until a purge completes
     p.add_argument("--vault-id", default="")
     p.add_argument("--box-id", default="")
     p.add_argument("--modulus", default="")  # GCP: the account key's RSA modulus (hex)

@@ -28,6 +28,9 @@ const MAX_PAGES: usize = 10_000;
 /// How long a delete waits for Azure to finish soft-deleting before purging.
 const PURGE_TRIES: u32 = 20;
 const PURGE_WAIT: Duration = Duration::from_millis(500);
+/// How long a create waits for a purge to complete before it gives up:
+/// inside the create route's 15 s deadline, so the caller hears why.
+const PURGE_BOUND: Duration = Duration::from_secs(10);
 
 /// How tokens are obtained.
 enum Credential {
@@ -123,13 +126,24 @@ impl Inner {
         }
         let body = proto::set_body(value)?;
         let mut purged = false;
+        let until = std::time::Instant::now() + PURGE_BOUND;
         loop {
             let r = self.call("PUT", &format!("/secrets/{name}"), Some(&body), false).await?;
             match (r.status, proto::error_code(&r).as_str()) {
                 (200, _) => break,
-                (409, "ObjectIsDeletedButRecoverable" | "ObjectIsBeingDeleted") if !purged => {
+                (409, "ObjectIsDeletedButRecoverable") if !purged => {
                     self.purge(name).await?;
                     purged = true;
+                }
+                // Azure purges asynchronously: after the purge (ours or a
+                // deleting node's) was accepted, the name stays taken for
+                // seconds. Nothing was written; wait and write again.
+                (409, "ObjectIsBeingDeleted") if std::time::Instant::now() < until => {
+                    if !purged {
+                        self.purge(name).await?;
+                        purged = true;
+                    }
+                    Timer::after(PURGE_WAIT).await;
                 }
                 _ => return Err(self.failure("failed to create key", &r)),
             }
