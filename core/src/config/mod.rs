@@ -178,7 +178,7 @@ impl Default for CacheConfig {
 /// How long a request for a key with a stale copy waits for the store by
 /// default: a healthy store answers well within it, a slow or frozen one
 /// costs a caller no more than this.
-pub const DEFAULT_STALE_WAIT: Duration = Duration::from_millis(250);
+pub const DEFAULT_STALE_WAIT: Duration = Duration::from_millis(200);
 
 /// Which events are logged to the process's streams.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
