@@ -87,9 +87,9 @@ pub fn run_startup(server: &mut Server, store: &dyn KeyStore, hub: &LogHub) -> R
     }
 }
 
-/// Spawns the driver task on `ex`.
+/// Spawns the driver task on `ex`; store calls run as tasks on it too.
 pub fn spawn(
-    ex: &smol::Executor<'static>,
+    ex: &Arc<smol::Executor<'static>>,
     server: Server,
     store: Arc<dyn KeyStore>,
     hub: Arc<LogHub>,
@@ -97,8 +97,30 @@ pub fn spawn(
 ) -> (DriverHandle, smol::Task<()>) {
     let (tx, rx) = smol::channel::unbounded();
     let handle = DriverHandle { tx: tx.clone() };
-    let task = ex.spawn(run(server, store, hub, live, rx, tx));
+    let out = Outputs { store, tx, ex: Arc::downgrade(ex) };
+    let task = ex.spawn(run(server, out, hub, live, rx));
     (handle, task)
+}
+
+/// Where the driver sends store commands, and how their results come back.
+struct Outputs {
+    store: Arc<dyn KeyStore>,
+    tx: Sender<Input>,
+    /// The server's executor, held weakly (the driver runs on it). Store
+    /// calls run there, on the thread that owns the connections and the
+    /// core, not on smol's global executor: a store result then needs no
+    /// cross-thread wake-up to reach the core (measured in loadbench's
+    /// uncached listing).
+    ex: std::sync::Weak<smol::Executor<'static>>,
+}
+
+impl Outputs {
+    fn spawn(&self, fut: impl std::future::Future<Output = ()> + Send + 'static) {
+        match self.ex.upgrade() {
+            Some(ex) => ex.spawn(fut).detach(),
+            None => smol::spawn(fut).detach(),
+        }
+    }
 }
 
 enum Wake {
@@ -109,11 +131,10 @@ enum Wake {
 
 async fn run(
     mut server: Server,
-    store: Arc<dyn KeyStore>,
+    out: Outputs,
     hub: Arc<LogHub>,
     live: Arc<LiveCounters>,
     rx: Receiver<Input>,
-    tx: Sender<Input>,
 ) {
     let mut rng = FastRng::new();
     let mut replies: HashMap<RequestId, Sender<Response>> = HashMap::new();
@@ -145,7 +166,7 @@ async fn run(
             Wake::Closed | Wake::Input(Input::Stop) => return,
             Wake::Timer => {
                 armed = None;
-                server.handle_timeout(now);
+                server.handle_timeout(now, &mut rng);
             }
             Wake::Input(Input::Request { caller, req, reply }) => {
                 // Process facts are read only when a request reports them.
@@ -162,23 +183,22 @@ async fn run(
             }
             Wake::Input(Input::Reload(config)) => server.reload(*config, now),
         }
-        drain(&mut server, &store, &hub, &mut replies, &tx, &mut rng);
+        drain(&mut server, &out, &hub, &mut replies, &mut rng);
     }
 }
 
 fn drain(
     server: &mut Server,
-    store: &Arc<dyn KeyStore>,
+    out: &Outputs,
     hub: &LogHub,
     replies: &mut HashMap<RequestId, Sender<Response>>,
-    tx: &Sender<Input>,
     rng: &mut FastRng,
 ) {
     loop {
         let mut progress = false;
         while let Some((id, cmd)) = server.poll_command() {
             progress = true;
-            execute(server, store, id, cmd, tx, rng);
+            execute(server, out, id, cmd, rng);
         }
         // Events first: a request's audit line is written before its response leaves.
         while let Some(e) = server.poll_event() {
@@ -197,36 +217,27 @@ fn drain(
     }
 }
 
-fn execute(
-    server: &mut Server,
-    store: &Arc<dyn KeyStore>,
-    id: CommandId,
-    cmd: Command,
-    tx: &Sender<Input>,
-    rng: &mut FastRng,
-) {
-    let cmd = match store.execute_async(cmd) {
+fn execute(server: &mut Server, out: &Outputs, id: CommandId, cmd: Command, rng: &mut FastRng) {
+    let cmd = match out.store.execute_async(cmd) {
         Ok(call) => {
-            let tx = tx.clone();
-            smol::spawn(async move {
+            let tx = out.tx.clone();
+            out.spawn(async move {
                 let result = call.await;
                 let _ = tx.send(Input::Store(id, result)).await;
-            })
-            .detach();
+            });
             return;
         }
         Err(cmd) => cmd,
     };
-    if store.blocks() {
-        let store = store.clone();
-        let tx = tx.clone();
-        smol::spawn(async move {
+    if out.store.blocks() {
+        let store = out.store.clone();
+        let tx = out.tx.clone();
+        out.spawn(async move {
             let result = smol::unblock(move || store.execute(cmd)).await;
             let _ = tx.send(Input::Store(id, result)).await;
-        })
-        .detach();
+        });
     } else {
-        let result = store.execute(cmd);
+        let result = out.store.execute(cmd);
         server.handle_store_result(id, result, clock::now(), rng);
     }
 }
