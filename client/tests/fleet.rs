@@ -533,6 +533,10 @@ fn splice(a: std::net::TcpStream, b: std::net::TcpStream) {
     let _ = t.join();
 }
 
+/// When a create began, through which kes node, and the key it made (or
+/// why not).
+type Create = (Instant, usize, Result<String, String>);
+
 /// What the single-address load saw.
 #[derive(Default)]
 struct Seen {
@@ -541,8 +545,8 @@ struct Seen {
     failed: Mutex<Vec<String>>,
     /// (started, took) of every request for a hot key.
     hot: Mutex<Vec<(Instant, Duration)>>,
-    /// (started, kes node, outcome) of every create.
-    creates: Mutex<Vec<(Instant, usize, Result<String, String>)>>,
+    /// Every create.
+    creates: Mutex<Vec<Create>>,
     cold_reads: AtomicU32,
 }
 

