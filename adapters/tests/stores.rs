@@ -14,8 +14,8 @@
 mod common;
 
 use std::net::{Shutdown, TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -28,80 +28,6 @@ use kes_core::config::{
     KeySecureConfig, KeystoreConfig, Secret,
 };
 use serde_json::{json, Value};
-
-/// Token lifetime the fakes grant: short, so the tests see refreshes.
-const TTL: u64 = 3;
-
-fn python() -> String {
-    std::env::var("KES_TEST_PYTHON").unwrap_or_else(|_| "python3".into())
-}
-
-fn fake_script() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fakes/stores.py")
-}
-
-fn wait_port(port: u16) {
-    let started = Instant::now();
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(started.elapsed() < Duration::from_secs(30), "port {port} never opened");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-/// A child process killed on drop.
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// One fake from tests/fakes/stores.py on a free port.
-struct Fake {
-    _proc: Proc,
-    port: u16,
-    tls: bool,
-}
-
-impl Fake {
-    fn start(kind: &str, pki: Option<&Pki>, args: &[&str]) -> Self {
-        let port = free_port();
-        let mut cmd = Command::new(python());
-        cmd.arg(fake_script()).args([kind, &port.to_string(), "--ttl", &TTL.to_string()]);
-        if let Some(pki) = pki {
-            cmd.arg("--cert").arg(&pki.server_cert).arg("--key").arg(&pki.server_key);
-        }
-        let child = cmd.args(args).stdout(Stdio::null()).spawn().expect("python3 runs the fakes");
-        wait_port(port);
-        Self { _proc: Proc(child), port, tls: pki.is_some() }
-    }
-
-    fn url(&self) -> String {
-        format!("{}://localhost:{}", if self.tls { "https" } else { "http" }, self.port)
-    }
-
-    /// `GET /_fake/stats`, over curl (the fake may speak TLS with the test CA).
-    fn stats(&self, pki: Option<&Pki>) -> Value {
-        self.admin(pki, "GET", "stats")
-    }
-
-    /// Invalidates every token the fake issued.
-    fn revoke(&self, pki: Option<&Pki>) {
-        self.admin(pki, "POST", "revoke");
-    }
-
-    fn admin(&self, pki: Option<&Pki>, method: &str, what: &str) -> Value {
-        let mut cmd = Command::new("curl");
-        cmd.args(["-sS", "-X", method]);
-        if let Some(pki) = pki {
-            cmd.arg("--cacert").arg(&pki.ca_file);
-        }
-        let out = cmd.arg(format!("{}/_fake/{what}", self.url())).output().unwrap();
-        serde_json::from_slice(&out.stdout).unwrap_or_else(|_| panic!("{out:?}"))
-    }
-}
 
 /// A TCP proxy in front of a store that can be taken down (connections
 /// refused, open ones cut) and brought back on the same port.

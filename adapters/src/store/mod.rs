@@ -144,7 +144,12 @@ pub fn open_with_env(
                     a.endpoint
                 ));
             }
-            let label = format!("AWS Secrets Manager {} ({})", a.endpoint, a.region);
+            let label = format!(
+                "AWS Secrets Manager {} ({}), credentials from {}",
+                a.endpoint,
+                a.region,
+                s.credentials_source()
+            );
             Ok(Opened { store: Arc::new(s.into_store()), label, notes })
         }
         KeystoreConfig::Gcp(g) => {

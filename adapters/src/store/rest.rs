@@ -196,16 +196,17 @@ pub fn grant(
     Ok(Grant { token, lifetime: Duration::from_secs(secs) })
 }
 
-/// A new access token and how long it lives.
-pub struct Grant {
+/// A new access token (or any credential that expires: AWS's temporary
+/// keys) and how long it lives.
+pub struct Grant<T = Zeroizing<String>> {
     /// The token (or the full header value, if the store wants a prefix).
-    pub token: Zeroizing<String>,
+    pub token: T,
     /// Its lifetime as the issuer said.
     pub lifetime: Duration,
 }
 
-struct Held {
-    value: Arc<Zeroizing<String>>,
+struct Held<T> {
+    value: Arc<T>,
     refresh_at: Instant,
     expires_at: Instant,
 }
@@ -213,18 +214,41 @@ struct Held {
 /// An access token shared by all calls of one store. One caller at a time
 /// logs in (the others wait and reuse the result); a token is refreshed
 /// after half its lifetime, and used until it expires if a refresh fails.
-#[derive(Default)]
-pub struct Token {
-    held: Mutex<Option<Held>>,
+pub struct Token<T = Zeroizing<String>> {
+    held: Mutex<Option<Held<T>>>,
     login: smol::lock::Mutex<()>,
 }
 
-impl Token {
+impl<T> Default for Token<T> {
+    fn default() -> Self {
+        Self { held: Mutex::new(None), login: smol::lock::Mutex::new(()) }
+    }
+}
+
+impl Token<Zeroizing<String>> {
+    /// Forgets `value` if it is still the current token (the store refused it).
+    pub fn invalidate(&self, value: &str) {
+        let mut held = self.lock();
+        if held.as_ref().is_some_and(|h| h.value.as_str() == value) {
+            *held = None;
+        }
+    }
+}
+
+impl<T> Token<T> {
+    /// Forgets `value` if it is still the one held (the service refused it).
+    pub fn forget(&self, value: &Arc<T>) {
+        let mut held = self.lock();
+        if held.as_ref().is_some_and(|h| Arc::ptr_eq(&h.value, value)) {
+            *held = None;
+        }
+    }
+
     /// The current token, logging in when there is none or it is due.
-    pub async fn get<F: Future<Output = Result<Grant, StoreError>> + Send>(
+    pub async fn get<F: Future<Output = Result<Grant<T>, StoreError>> + Send>(
         &self,
         login: &(dyn Fn() -> F + Sync),
-    ) -> Result<Arc<Zeroizing<String>>, StoreError> {
+    ) -> Result<Arc<T>, StoreError> {
         if let Some(t) = self.usable(true) {
             return Ok(t);
         }
@@ -257,21 +281,13 @@ impl Token {
         }
     }
 
-    /// Forgets `value` if it is still the current token (the store refused it).
-    pub fn invalidate(&self, value: &str) {
-        let mut held = self.lock();
-        if held.as_ref().is_some_and(|h| h.value.as_str() == value) {
-            *held = None;
-        }
-    }
-
     /// The current token while it has not expired, due for refresh or
     /// not (to renew it where the store can).
-    pub fn peek(&self) -> Option<Arc<Zeroizing<String>>> {
+    pub fn peek(&self) -> Option<Arc<T>> {
         self.usable(false)
     }
 
-    fn usable(&self, fresh: bool) -> Option<Arc<Zeroizing<String>>> {
+    fn usable(&self, fresh: bool) -> Option<Arc<T>> {
         let now = Instant::now();
         let held = self.lock();
         let h = held.as_ref()?;
@@ -279,7 +295,7 @@ impl Token {
         (now < until).then(|| h.value.clone())
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Option<Held>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<Held<T>>> {
         self.held.lock().unwrap_or_else(|p| p.into_inner())
     }
 }

@@ -474,3 +474,92 @@ impl Drop for Nginx {
         let _ = self.child.wait();
     }
 }
+
+// --- Store stand-ins (tests/fakes/stores.py) ------------------------------
+
+/// Token lifetime the fakes grant: short, so the tests see refreshes.
+pub const TTL: u64 = 3;
+
+pub fn python() -> String {
+    std::env::var("KES_TEST_PYTHON").unwrap_or_else(|_| "python3".into())
+}
+
+pub fn fake_script() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fakes/stores.py")
+}
+
+pub fn wait_port(port: u16) {
+    let started = std::time::Instant::now();
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(started.elapsed() < Duration::from_secs(30), "port {port} never opened");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A child process killed on drop.
+pub struct Proc(pub std::process::Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// One fake from tests/fakes/stores.py on a free port.
+pub struct Fake {
+    _proc: Proc,
+    pub port: u16,
+    tls: bool,
+}
+
+impl Fake {
+    pub fn start(kind: &str, pki: Option<&Pki>, args: &[&str]) -> Self {
+        Self::start_ttl(kind, pki, TTL, args)
+    }
+
+    /// A plain-HTTP stand-in whose tokens or keys live `ttl` seconds.
+    pub fn start_with_ttl(kind: &str, ttl: u64, args: &[&str]) -> Self {
+        Self::start_ttl(kind, None, ttl, args)
+    }
+
+    fn start_ttl(kind: &str, pki: Option<&Pki>, ttl: u64, args: &[&str]) -> Self {
+        let port = free_port();
+        let mut cmd = std::process::Command::new(python());
+        cmd.arg(fake_script()).args([kind, &port.to_string(), "--ttl", &ttl.to_string()]);
+        if let Some(pki) = pki {
+            cmd.arg("--cert").arg(&pki.server_cert).arg("--key").arg(&pki.server_key);
+        }
+        let child = cmd
+            .args(args)
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("python3 runs the fakes");
+        wait_port(port);
+        Self { _proc: Proc(child), port, tls: pki.is_some() }
+    }
+
+    pub fn url(&self) -> String {
+        format!("{}://localhost:{}", if self.tls { "https" } else { "http" }, self.port)
+    }
+
+    /// `GET /_fake/stats`, over curl (the fake may speak TLS with the test CA).
+    pub fn stats(&self, pki: Option<&Pki>) -> serde_json::Value {
+        self.admin(pki, "GET", "stats")
+    }
+
+    /// Invalidates every token the fake issued.
+    pub fn revoke(&self, pki: Option<&Pki>) {
+        self.admin(pki, "POST", "revoke");
+    }
+
+    pub fn admin(&self, pki: Option<&Pki>, method: &str, what: &str) -> serde_json::Value {
+        let mut cmd = std::process::Command::new("curl");
+        cmd.args(["-sS", "-X", method]);
+        if let Some(pki) = pki {
+            cmd.arg("--cacert").arg(&pki.ca_file);
+        }
+        let out = cmd.arg(format!("{}/_fake/{what}", self.url())).output().unwrap();
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|_| panic!("{out:?}"))
+    }
+}

@@ -18,9 +18,21 @@ KIND is one of:
   keysecure  CipherTrust Manager: refresh-token login, /api/v1/vault/secrets.
   fortanix   Fortanix DSM: API-key session, /crypto/v1/keys.
   entrust    Entrust KeyControl secrets vault: /vault/1.0/<Op>/.
+  aws-creds  AWS's credential services, one port: EC2 instance metadata
+             (IMDSv2: PUT /latest/api/token first; a GET without that token
+             is 401), the container endpoint (ECS / EKS Pod Identity: GET
+             any other path, Authorization checked against --token-file,
+             read at every call) and STS AssumeRoleWithWebIdentity (POST /,
+             the form body; the web identity token is recorded). The keys
+             handed out are real temporary credentials from moto's STS
+             (AssumeRole with --access/--secret at --moto, --role), so moto
+             checks every signature made with them; their Expiration is
+             --ttl seconds away. POST /_fake/fail?on=1 makes every credential
+             call answer 500 until ?on=0.
 
 Every fake answers GET /_fake/stats with {"logins": n, "refused": n} and
-POST /_fake/revoke by invalidating every token it issued.
+POST /_fake/revoke by invalidating every token it issued (aws-creds: stats
+are {"imds": n, "container": n, "sts": n, "failed": n, "web_tokens": [...]}).
 """
 
 import argparse, base64, datetime, hashlib, json, secrets, ssl, sys, threading, time, uuid
@@ -90,6 +102,9 @@ class Handler(BaseHTTPRequestHandler):
         if u.path == "/_fake/revoke":
             with LOCK:
                 TOKENS.clear()
+            return self.reply(200, {})
+        if u.path == "/_fake/fail":
+            AWS["fail"] = q.get("on") == "1"
             return self.reply(200, {})
         return KINDS[ARGS.kind](self, method, u.path, q)
 
@@ -377,7 +392,87 @@ def entrust(h, method, path, q):
     h.reply(404, {"error": "Unknown operation"})
 
 
-KINDS = {"gcp-token": gcp_token, "azure": azure, "keysecure": keysecure, "fortanix": fortanix, "entrust": entrust}
+# --- AWS credential services (IMDSv2, container endpoint, STS) ----------
+
+AWS = {"fail": False, "imds_tokens": set()}
+
+
+def moto_credentials():
+    """Fresh temporary keys from moto's STS, which moto then accepts."""
+    import boto3
+    sts = boto3.client("sts", endpoint_url=ARGS.moto, region_name="us-east-1",
+                       aws_access_key_id=ARGS.access, aws_secret_access_key=ARGS.secret)
+    c = sts.assume_role(RoleArn=ARGS.role, RoleSessionName="kes-test")["Credentials"]
+    exp = datetime.datetime.fromtimestamp(time.time() + ARGS.ttl, datetime.timezone.utc)
+    return {"AccessKeyId": c["AccessKeyId"], "SecretAccessKey": c["SecretAccessKey"],
+            "Token": c["SessionToken"], "Expiration": exp.strftime("%Y-%m-%dT%H:%M:%SZ")}
+
+
+def aws_creds(h, method, path, q):
+    def count(kind):
+        with LOCK:
+            STATS[kind] = STATS.get(kind, 0) + 1
+
+    def failing():
+        if AWS["fail"]:
+            count("failed")
+            h.reply(500, {"message": "failing on purpose"})
+            return True
+        return False
+
+    if path == "/_fake/stats":
+        return h.reply(200, STATS)
+    # STS: the query protocol, answered in XML.
+    if method == "POST" and path == "/":
+        form = {k: v[-1] for k, v in parse_qs(h.body().decode()).items()}
+        if form.get("Action") != "AssumeRoleWithWebIdentity":
+            return h.reply(400, b"<ErrorResponse><Error><Code>InvalidAction</Code></Error></ErrorResponse>", "text/xml")
+        if failing():
+            return
+        if not form.get("WebIdentityToken") or form.get("RoleArn") != ARGS.role:
+            return h.reply(400, b"<ErrorResponse><Error><Code>InvalidIdentityToken</Code><Message>bad token or role</Message></Error></ErrorResponse>", "text/xml")
+        with LOCK:
+            STATS.setdefault("web_tokens", []).append(form["WebIdentityToken"])
+        count("sts")
+        c = moto_credentials()
+        xml = (f"<AssumeRoleWithWebIdentityResponse><AssumeRoleWithWebIdentityResult><Credentials>"
+               f"<AccessKeyId>{c['AccessKeyId']}</AccessKeyId><SecretAccessKey>{c['SecretAccessKey']}</SecretAccessKey>"
+               f"<SessionToken>{c['Token']}</SessionToken><Expiration>{c['Expiration']}</Expiration>"
+               f"</Credentials></AssumeRoleWithWebIdentityResult></AssumeRoleWithWebIdentityResponse>")
+        return h.reply(200, xml.encode(), "text/xml")
+    # IMDSv2.
+    if path == "/latest/api/token":
+        if method != "PUT" or not h.headers.get("X-aws-ec2-metadata-token-ttl-seconds"):
+            return h.reply(400, b"", "text/plain")
+        t = secrets.token_urlsafe(16)
+        AWS["imds_tokens"].add(t)
+        return h.reply(200, t.encode(), "text/plain")
+    if path.startswith("/latest/meta-data/"):
+        if h.headers.get("X-aws-ec2-metadata-token") not in AWS["imds_tokens"]:
+            return h.reply(401, b"", "text/plain")
+        if path == "/latest/meta-data/iam/security-credentials/":
+            return h.reply(200, b"kes-instance-role", "text/plain")
+        if path == "/latest/meta-data/iam/security-credentials/kes-instance-role":
+            if failing():
+                return
+            count("imds")
+            c = moto_credentials()
+            c.update({"Code": "Success", "Type": "AWS-HMAC", "LastUpdated": "2026-01-01T00:00:00Z"})
+            return h.reply(200, c)
+        return h.reply(404, b"", "text/plain")
+    # Container credentials.
+    if method == "GET":
+        want = open(ARGS.token_file).read().strip() if ARGS.token_file else None
+        if want is not None and h.headers.get("Authorization") != want:
+            return h.reply(401, {"message": "bad authorization token"})
+        if failing():
+            return
+        count("container")
+        return h.reply(200, moto_credentials())
+    h.reply(405, {"message": "not supported"})
+
+
+KINDS = {"aws-creds": aws_creds, "gcp-token": gcp_token, "azure": azure, "keysecure": keysecure, "fortanix": fortanix, "entrust": entrust}
 
 if __name__ == "__main__":
     p = argparse.ArgumentParser()
@@ -397,6 +492,10 @@ if __name__ == "__main__":
     p.add_argument("--key-id", default="")
     p.add_argument("--email", default="")
     p.add_argument("--aud", default="")
+    p.add_argument("--moto", default="")  # aws-creds: moto's URL, the IAM user's keys, the role to assume
+    p.add_argument("--access", default="")
+    p.add_argument("--role", default="")
+    p.add_argument("--token-file", default="")
     ARGS = p.parse_args()
     server = ThreadingHTTPServer(("127.0.0.1", ARGS.port), Handler)
     server.daemon_threads = True

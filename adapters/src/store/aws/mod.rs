@@ -1,9 +1,9 @@
 //! AWS Secrets Manager as the key store (keystore.md §5): one secret per
 //! key, named like the key, holding the KES key file; forced deletes; every
 //! page of the listing. Requests are SigV4-signed with the configured key,
-//! or with `AWS_ACCESS_KEY_ID` / `AWS_SECRET_ACCESS_KEY` /
-//! `AWS_SESSION_TOKEN` from the environment.
+//! or with credentials from the AWS SDKs' default chain ([`creds`]).
 
+pub mod creds;
 pub mod proto;
 pub mod sigv4;
 
@@ -24,13 +24,6 @@ const BACKOFF: Duration = Duration::from_millis(100);
 /// Listing pages followed at most (100 names each).
 const MAX_PAGES: usize = 10_000;
 
-/// Credentials in use; wiped on drop, never printed.
-struct Keys {
-    access: String,
-    secret: Zeroizing<String>,
-    token: Option<Zeroizing<String>>,
-}
-
 /// An AWS Secrets Manager store; cheap to clone.
 #[derive(Clone)]
 pub struct AwsStore {
@@ -41,45 +34,37 @@ struct Inner {
     http: Arc<HttpsClient>,
     region: String,
     kms_key: String,
-    keys: Keys,
+    creds: creds::Provider,
 }
 
 impl AwsStore {
-    /// A store for the config; `env` reads the `AWS_*` variables when the
-    /// config has no credentials. Start-up checks that the endpoint answers.
+    /// A store for the config; `env` reads the environment the credential
+    /// chain looks at when the config has no credentials. Start-up fetches
+    /// the credentials (so a chain that finds none, or a refusing service,
+    /// stops it with the reason) and checks that the endpoint answers.
     pub fn connect(
         config: &AwsConfig,
         env: &dyn Fn(&str) -> Option<String>,
     ) -> Result<Self, String> {
-        let keys = match &config.credentials {
-            Some(c) => Keys {
-                access: c.access_key.clone(),
-                secret: Zeroizing::new(c.secret_key.expose().to_owned()),
-                token: c.session_token.as_ref().map(|t| Zeroizing::new(t.expose().to_owned())),
-            },
-            None => Keys {
-                access: env("AWS_ACCESS_KEY_ID").filter(|s| !s.is_empty()).ok_or(
-                    "keystore.aws: no credentials: set credentials in the config or AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY",
-                )?,
-                secret: Zeroizing::new(
-                    env("AWS_SECRET_ACCESS_KEY")
-                        .filter(|s| !s.is_empty())
-                        .ok_or("keystore.aws: AWS_SECRET_ACCESS_KEY is not set")?,
-                ),
-                token: env("AWS_SESSION_TOKEN").filter(|s| !s.is_empty()).map(Zeroizing::new),
-            },
-        };
+        let creds = creds::Provider::discover(config.credentials.as_ref(), &config.region, env)?;
         let http = HttpsClient::new(&config.endpoint, None, None)
             .map_err(|e| format!("keystore.aws: {e}"))?;
         let inner = Arc::new(Inner {
             http,
             region: config.region.clone(),
             kms_key: config.kms_key.clone(),
-            keys,
+            creds,
         });
+        smol::block_on(inner.creds.keys())
+            .map_err(|e| format!("aws: no credentials from {}: {e}", inner.creds.label()))?;
         smol::block_on(inner.status())
             .map_err(|e| format!("aws: cannot reach {}: {e}", config.endpoint))?;
         Ok(Self { inner })
+    }
+
+    /// Where the credentials come from (the start-up log names it).
+    pub fn credentials_source(&self) -> &str {
+        self.inner.creds.label()
     }
 
     /// The store, ready for the server.
@@ -155,11 +140,21 @@ impl Inner {
         idempotent: bool,
     ) -> Result<HttpResponse, StoreError> {
         let mut attempt = 0;
+        let mut renewed = false;
         loop {
             attempt += 1;
             let last = attempt >= ATTEMPTS;
-            let req = self.signed(op, body);
+            let keys = self.creds.keys().await?;
+            let req = self.signed(&keys, op, body);
             match self.http.send(&req, REQUEST_TIMEOUT).await {
+                // Temporary keys that expired early or were revoked: fetch
+                // new ones and try once more (nothing was done).
+                Ok(r)
+                    if !renewed && proto::credentials_refused(&r) && self.creds.refused(&keys) =>
+                {
+                    renewed = true;
+                    continue;
+                }
                 Ok(r) if idempotent && !last && proto::transient(&r) => {}
                 Ok(r) => return Ok(r),
                 Err(HttpError::Connect(_)) if !last => {}
@@ -170,7 +165,7 @@ impl Inner {
         }
     }
 
-    fn signed(&self, op: &str, body: &[u8]) -> HttpRequest {
+    fn signed(&self, keys: &creds::Keys, op: &str, body: &[u8]) -> HttpRequest {
         let secs = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
         let date = sigv4::amz_date(secs as i64);
         let host = self.http.host_header();
@@ -182,12 +177,12 @@ impl Inner {
             ("x-amz-date", &date),
             ("x-amz-target", &target),
         ];
-        if let Some(t) = &self.keys.token {
+        if let Some(t) = &keys.token {
             headers.push(("x-amz-security-token", t));
         }
         let signer = sigv4::Signer {
-            access_key: &self.keys.access,
-            secret_key: &self.keys.secret,
+            access_key: &keys.access,
+            secret_key: &keys.secret,
             region: &self.region,
             service: "secretsmanager",
         };
@@ -198,7 +193,7 @@ impl Inner {
             .header("X-Amz-Target", &target)
             .header("Authorization", &auth)
             .body(body.to_vec());
-        if let Some(t) = &self.keys.token {
+        if let Some(t) = &keys.token {
             req = req.header("X-Amz-Security-Token", t);
         }
         req

@@ -81,6 +81,26 @@ pub fn failure(what: &str, r: &HttpResponse) -> StoreError {
     }
 }
 
+/// Whether the call was refused for its credentials: expired or unknown
+/// temporary keys (new ones may be fetched). Secrets Manager names it in
+/// `__type`; some front ends answer in XML, so the body is looked at too.
+pub fn credentials_refused(r: &HttpResponse) -> bool {
+    const CODES: [&str; 4] = [
+        "ExpiredTokenException",
+        "ExpiredToken",
+        "UnrecognizedClientException",
+        "InvalidClientTokenId",
+    ];
+    if !matches!(r.status, 400 | 403) {
+        return false;
+    }
+    let t = error_type(r);
+    CODES.contains(&t.as_str()) || {
+        let text = String::from_utf8_lossy(&r.body);
+        CODES.iter().any(|c| text.contains(&format!("<Code>{c}</Code>")))
+    }
+}
+
 /// Whether trying again may help.
 pub fn transient(r: &HttpResponse) -> bool {
     r.status >= 500
