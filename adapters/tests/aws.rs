@@ -204,14 +204,6 @@ fn chain_env(vars: Env) -> impl Fn(&str) -> Option<String> {
     move |name| all.iter().rev().find(|(k, _)| *k == name).map(|(_, v)| v.clone())
 }
 
-fn list(store: &std::sync::Arc<dyn kes_adapters::store::KeyStore>) -> Result<usize, String> {
-    match store.execute(kes_core::Command::List) {
-        Ok(kes_core::StoreReply::Names(n)) => Ok(n.len()),
-        Ok(_) => Err("not a listing".into()),
-        Err(e) => Err(e.to_string()),
-    }
-}
-
 fn create(store: &std::sync::Arc<dyn kes_adapters::store::KeyStore>, name: &str) {
     let name = kes_core::KeyName::parse(name).unwrap();
     let value = kes_core::crypto::SecretBytes::new(b"v".to_vec());
@@ -253,7 +245,7 @@ fn web_identity_through_moto_sts() {
     server.stop();
     // A made-up key on the same moto is refused: signatures are checked.
     let bad = kes_adapters::store::open(&moto.config("wrong")).unwrap().store;
-    let err = list(&bad).unwrap_err();
+    let err = store_list(&bad).unwrap_err();
     assert!(err.contains("SignatureDoesNotMatch"), "{err}");
 }
 
@@ -284,7 +276,7 @@ fn environment_and_shared_files() {
     ]);
     let opened = kes_adapters::store::open_with_env(&moto.config_from_chain(), &env).unwrap();
     assert!(opened.label.contains("profile 'kes'"), "{}", opened.label);
-    assert_eq!(list(&opened.store), Ok(1));
+    assert_eq!(store_list(&opened.store), Ok(1));
     // The same keys in the config file, under `[profile kes]`.
     let config = dir.join("config");
     std::fs::write(
@@ -298,7 +290,7 @@ fn environment_and_shared_files() {
         ("AWS_PROFILE", "kes".into()),
     ]);
     let opened = kes_adapters::store::open_with_env(&moto.config_from_chain(), &env).unwrap();
-    assert_eq!(list(&opened.store), Ok(1));
+    assert_eq!(store_list(&opened.store), Ok(1));
     // A profile asked for by name that no file has stops start-up.
     let env = chain_env(vec![
         ("AWS_SHARED_CREDENTIALS_FILE", creds.to_str().unwrap().to_owned()),
@@ -386,7 +378,7 @@ fn temporary_credentials_are_refreshed() {
         // were fetched again on the way (at half their life).
         let start = Instant::now();
         while start.elapsed() < Duration::from_secs(8) {
-            list(&store).unwrap_or_else(|e| panic!("{kind} at {:?}: {e}", start.elapsed()));
+            store_list(&store).unwrap_or_else(|e| panic!("{kind} at {:?}: {e}", start.elapsed()));
             if start.elapsed() > Duration::from_secs(2) {
                 // Rotated token files are read at the next fetch.
                 std::fs::write(&auth_file, "pod-identity-2").unwrap();
@@ -412,13 +404,13 @@ fn temporary_credentials_are_refreshed() {
     fake.admin(None, "POST", "fail?on=1");
     let failed = stat("failed");
     std::thread::sleep(Duration::from_millis(3500)); // past half of the 6 s life
-    assert_eq!(list(&store), Ok(0), "valid keys keep working while the refresh fails");
+    assert_eq!(store_list(&store), Ok(0), "valid keys keep working while the refresh fails");
     assert!(stat("failed") > failed, "a refresh was tried");
     while fetched.elapsed() < Duration::from_millis(6200) {
         std::thread::sleep(Duration::from_millis(100));
     }
-    let err = list(&store).unwrap_err();
+    let err = store_list(&store).unwrap_err();
     assert!(err.contains("instance metadata"), "expired keys are not used: {err}");
     fake.admin(None, "POST", "fail?on=0");
-    assert_eq!(list(&store), Ok(0), "a working service again: new keys");
+    assert_eq!(store_list(&store), Ok(0), "a working service again: new keys");
 }

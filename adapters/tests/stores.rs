@@ -229,6 +229,21 @@ fn lifecycle(
     server.stop();
 }
 
+/// Secret Manager: drongo (a real implementation of its REST API, no
+/// auth), installed next to the test python; and its port.
+fn start_drongo() -> (Proc, u16) {
+    let drongo = Path::new(&python()).with_file_name("drongo");
+    let port = free_port();
+    let child = Command::new(if drongo.exists() { drongo } else { "drongo".into() })
+        .args(["server", "--host", "127.0.0.1", "--port", &port.to_string()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("drongo is required: pip install drongo (scripts/test.sh does)");
+    wait_port(port);
+    (Proc(child), port)
+}
+
 #[test]
 fn gcp_secret_manager_on_drongo() {
     let dir = tempdir("gcp");
@@ -246,17 +261,7 @@ fn gcp_secret_manager_on_drongo() {
         .unwrap();
     let modulus =
         String::from_utf8(out.stdout).unwrap().trim().trim_start_matches("Modulus=").to_owned();
-    // Secret Manager: drongo, installed next to the test python.
-    let drongo = Path::new(&python()).with_file_name("drongo");
-    let port = free_port();
-    let child = Command::new(if drongo.exists() { drongo } else { "drongo".into() })
-        .args(["server", "--host", "127.0.0.1", "--port", &port.to_string()])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("drongo is required: pip install drongo (scripts/test.sh does)");
-    let _drongo = Proc(child);
-    wait_port(port);
+    let (_drongo, port) = start_drongo();
     let proxy = Proxy::start(port);
     let email = "kes@project-1.iam.gserviceaccount.com";
     let token_port = free_port();
@@ -280,13 +285,13 @@ fn gcp_secret_manager_on_drongo() {
             endpoint: format!("http://127.0.0.1:{}", proxy.port),
             project_id: "project-1".into(),
             scopes: vec!["https://www.googleapis.com/auth/cloud-platform".into()],
-            credentials: GcpCredentials {
+            credentials: Some(GcpCredentials {
                 client_email: email.into(),
                 client_id: "1234".into(),
                 private_key_id: "key-1".into(),
                 private_key: Secret::new(key_pem),
                 token_uri: aud.clone(),
-            },
+            }),
         }))
     };
     let pem = std::fs::read_to_string(&key).unwrap();
@@ -305,6 +310,19 @@ fn gcp_secret_manager_on_drongo() {
     // Pasted from the JSON key file, with `\n` escapes: accepted.
     let escaped = pem.replace('\n', "\\n");
     assert!(kes_adapters::store::open(&config(escaped)).is_ok());
+    // No key in the config: the same key file named by
+    // GOOGLE_APPLICATION_CREDENTIALS (Application Default Credentials).
+    let key_file = dir.join("sa.json");
+    let sa = json!({"type": "service_account", "project_id": "project-1", "private_key_id": "key-1",
+        "private_key": pem, "client_email": email, "client_id": "1234", "token_uri": aud});
+    std::fs::write(&key_file, sa.to_string()).unwrap();
+    let KeystoreConfig::Gcp(mut adc) = config(pem.clone()) else { unreachable!() };
+    adc.credentials = None;
+    let path = key_file.to_str().unwrap().to_owned();
+    let env = move |k: &str| (k == "GOOGLE_APPLICATION_CREDENTIALS").then(|| path.clone());
+    let opened = kes_adapters::store::open_with_env(&KeystoreConfig::Gcp(adc), &env).unwrap();
+    assert!(opened.label.contains("(service account kes@project-1"), "{}", opened.label);
+    assert!(opened.store.execute(kes_core::Command::List).is_ok());
 
     // drongo accepts any token: no revocation step for GCP.
     let pki = Pki::new();
@@ -442,4 +460,139 @@ fn entrust_keycontrol_on_its_documented_api() {
     let logins = || fake.stats(Some(&pki))["logins"].as_u64().unwrap();
     let revoke = || fake.revoke(Some(&pki));
     lifecycle(&pki, config("pa55", "box-1"), &|_| None, &proxy, &logins, Some(&revoke));
+}
+
+/// Application Default Credentials with no key anywhere in a file kes
+/// reads: the metadata server (GCE, GKE Workload Identity) and workload
+/// identity federation (`external_account`: a subject token from a file,
+/// with service account impersonation, or from a URL). The stand-in issues
+/// tokens that live 4 s and checks every Secret Manager call's token before
+/// passing it to drongo, so a stale or missing token fails the test.
+#[test]
+fn gcp_application_default_credentials() {
+    let (_drongo, port) = start_drongo();
+    let dir = tempdir("gcp-adc");
+    let subject = dir.join("subject-token");
+    std::fs::write(&subject, "eyJhbGciOiJSUzI1NiJ9.subject-1.sig").unwrap();
+    let aud =
+        "//iam.googleapis.com/projects/1/locations/global/workloadIdentityPools/kes/providers/k8s";
+    let upstream = format!("http://127.0.0.1:{port}");
+    let fake = Fake::start_with_ttl(
+        "gcp-adc",
+        4,
+        &["--upstream", &upstream, "--aud", aud, "--token-file", subject.to_str().unwrap()],
+    );
+    let config = |endpoint: String| {
+        KeystoreConfig::Gcp(Box::new(GcpConfig {
+            endpoint,
+            project_id: "project-adc".into(),
+            scopes: vec!["https://www.googleapis.com/auth/cloud-platform".into()],
+            credentials: None,
+        }))
+    };
+    let stat = |k: &str| fake.stats(None)[k].as_u64().unwrap_or(0);
+    // Calls for 6 s across the 4 s token life all succeed (the stand-in
+    // refuses expired tokens) and tokens were fetched again on the way.
+    let run = |store: &Arc<dyn kes_adapters::store::KeyStore>, what: &str| {
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(6) {
+            store_list(store).unwrap_or_else(|e| panic!("{what} at {:?}: {e}", start.elapsed()));
+            if start.elapsed() > Duration::from_secs(2) {
+                std::fs::write(&subject, "eyJhbGciOiJSUzI1NiJ9.subject-2.sig").unwrap();
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        std::fs::write(&subject, "eyJhbGciOiJSUzI1NiJ9.subject-1.sig").unwrap();
+    };
+
+    // The metadata server refuses a request without Metadata-Flavor.
+    let out = Command::new("curl")
+        .args(["-s", "-o", "/dev/null", "-w", "%{http_code}"])
+        .arg(format!("{}/computeMetadata/v1/instance/service-accounts/default/token", fake.url()))
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "403");
+
+    // 1. The metadata server, at GCE_METADATA_HOST.
+    let host = format!("127.0.0.1:{}", fake.port);
+    let env = move |k: &str| (k == "GCE_METADATA_HOST").then(|| host.clone());
+    let opened = kes_adapters::store::open_with_env(&config(fake.url()), &env).unwrap();
+    assert!(opened.label.contains("credentials from the metadata server"), "{}", opened.label);
+    let store = opened.store;
+    let name = kes_core::KeyName::parse("adc-key").unwrap();
+    let value = kes_core::crypto::SecretBytes::new(b"v".to_vec());
+    store.execute(kes_core::Command::Create { name, value }).unwrap();
+    let before = stat("metadata");
+    run(&store, "metadata server");
+    assert!(stat("metadata") >= before + 2, "tokens were refreshed");
+    // A failing refresh while the token is valid: calls go on; after it
+    // expired, they fail cleanly; then it recovers.
+    let fresh = opened_at_refresh(&fake, &store);
+    fake.admin(None, "POST", "fail?on=1");
+    std::thread::sleep(Duration::from_millis(2400)); // past half of the 4 s life
+    assert_eq!(store_list(&store), Ok(1), "a valid token keeps working while the refresh fails");
+    assert!(stat("failed") > 0);
+    while fresh.elapsed() < Duration::from_millis(4300) {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let err = store_list(&store).unwrap_err();
+    assert!(err.contains("metadata server"), "an expired token is not used: {err}");
+    fake.admin(None, "POST", "fail?on=0");
+    assert_eq!(store_list(&store), Ok(1));
+
+    // 2. Workload identity federation: the subject token file (read again
+    //    at each refresh) exchanged at STS, then a service account's token.
+    let impersonate = format!(
+        "{}/v1/projects/-/serviceAccounts/kes@project-adc.iam.gserviceaccount.com:generateAccessToken",
+        fake.url()
+    );
+    let ext = json!({"type": "external_account", "audience": aud,
+        "subject_token_type": "urn:ietf:params:oauth:token-type:jwt",
+        "token_url": format!("{}/v1/token", fake.url()),
+        "service_account_impersonation_url": impersonate,
+        "credential_source": {"file": subject.to_str().unwrap()}});
+    let ext_file = dir.join("external.json");
+    std::fs::write(&ext_file, ext.to_string()).unwrap();
+    let path = ext_file.to_str().unwrap().to_owned();
+    let env = move |k: &str| (k == "GOOGLE_APPLICATION_CREDENTIALS").then(|| path.clone());
+    let opened = kes_adapters::store::open_with_env(&config(fake.url()), &env).unwrap();
+    assert!(opened.label.contains("workload identity federation"), "{}", opened.label);
+    let (sts, imp) = (stat("sts"), stat("impersonate"));
+    run(&opened.store, "external account");
+    assert!(stat("sts") >= sts + 2 && stat("impersonate") >= imp + 2, "both steps refreshed");
+
+    // 3. The same without impersonation, the subject token from a URL
+    //    (JSON, with a header), as Azure-hosted workloads get it.
+    let ext = json!({"type": "external_account", "audience": aud,
+        "subject_token_type": "urn:ietf:params:oauth:token-type:jwt",
+        "token_url": format!("{}/v1/token", fake.url()),
+        "credential_source": {"url": format!("{}/subject", fake.url()),
+            "headers": {"Metadata": "True"},
+            "format": {"type": "json", "subject_token_field_name": "access_token"}}});
+    std::fs::write(&ext_file, ext.to_string()).unwrap();
+    let path = ext_file.to_str().unwrap().to_owned();
+    let env = move |k: &str| (k == "GOOGLE_APPLICATION_CREDENTIALS").then(|| path.clone());
+    let opened = kes_adapters::store::open_with_env(&config(fake.url()), &env).unwrap();
+    assert_eq!(store_list(&opened.store), Ok(1));
+    // A wrong subject token is refused at start-up with STS's reason.
+    std::fs::write(&subject, "someone-else").unwrap();
+    let ext = json!({"type": "external_account", "audience": aud,
+        "token_url": format!("{}/v1/token", fake.url()),
+        "credential_source": {"file": dir.join("nope").to_str().unwrap()}});
+    std::fs::write(&ext_file, ext.to_string()).unwrap();
+    let err = kes_adapters::store::open_with_env(&config(fake.url()), &env).err().unwrap();
+    assert!(err.contains("subject token file"), "{err}");
+}
+
+/// Waits for the store's next token fetch and returns when it happened
+/// (so a test can time a token's life from there).
+fn opened_at_refresh(fake: &Fake, store: &Arc<dyn kes_adapters::store::KeyStore>) -> Instant {
+    let n = fake.stats(None)["metadata"].as_u64().unwrap_or(0);
+    loop {
+        store_list(store).unwrap();
+        if fake.stats(None)["metadata"].as_u64().unwrap_or(0) > n {
+            return Instant::now();
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }

@@ -163,7 +163,7 @@ fn config_errors_name_file_and_line() {
     assert_eq!(code, Some(1));
     assert!(err.contains("config.yml: line 5:"), "{err}");
 
-    let gcp = "admin:\n  identity: disabled\nkeystore:\n  gcp:\n    secretmanager:\n      project_id: p\n";
+    let gcp = "admin:\n  identity: disabled\nkeystore:\n  gcp:\n    secretmanager:\n      project_id: p\n      credentials:\n        private_key: k\n";
     let (code, err) = serve("gcp.yml", gcp);
     assert_eq!(code, Some(1));
     assert!(

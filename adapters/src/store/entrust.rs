@@ -144,7 +144,7 @@ pub fn connect(config: &EntrustConfig) -> Result<Connected, String> {
     })
     .map_err(|e| format!("keycontrol: {}: {e}", config.endpoint))?;
     let plaintext = inner.api.http.is_plaintext();
-    Ok(Connected { store: Arc::new(RemoteStore::new(inner)), plaintext })
+    Ok(Connected { store: Arc::new(RemoteStore::new(inner)), plaintext, source: None })
 }
 
 impl Remote for Inner {

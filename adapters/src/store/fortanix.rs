@@ -113,7 +113,7 @@ pub fn connect(config: &FortanixConfig) -> Result<Connected, String> {
     smol::block_on(inner.token.get(&|| inner.session()))
         .map_err(|e| format!("fortanix: cannot authenticate to {}: {e}", config.endpoint))?;
     let plaintext = inner.api.http.is_plaintext();
-    Ok(Connected { store: Arc::new(RemoteStore::new(inner)), plaintext })
+    Ok(Connected { store: Arc::new(RemoteStore::new(inner)), plaintext, source: None })
 }
 
 impl Remote for Inner {

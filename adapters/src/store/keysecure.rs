@@ -104,7 +104,7 @@ pub fn connect(config: &KeySecureConfig) -> Result<Connected, String> {
     smol::block_on(inner.token.get(&|| inner.login()))
         .map_err(|e| format!("keysecure: cannot log in to {}: {e}", config.endpoint))?;
     let plaintext = inner.api.http.is_plaintext();
-    Ok(Connected { store: Arc::new(RemoteStore::new(inner)), plaintext })
+    Ok(Connected { store: Arc::new(RemoteStore::new(inner)), plaintext, source: None })
 }
 
 impl Remote for Inner {

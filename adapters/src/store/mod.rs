@@ -107,6 +107,10 @@ pub fn open_with_env(
             )],
             false => vec![],
         };
+        let label = match c.source {
+            Some(s) => format!("{label}, credentials from {s}"),
+            None => label,
+        };
         Ok(Opened { store: c.store, label, notes })
     };
     match config {

@@ -124,6 +124,9 @@ pub struct Connected {
     pub store: Arc<dyn super::KeyStore>,
     /// Whether it speaks plain HTTP (credentials and keys in the clear).
     pub plaintext: bool,
+    /// Where its credentials came from, when the store looked them up
+    /// (named in the start-up banner; never a secret).
+    pub source: Option<String>,
 }
 
 /// A request carrying an auth header (`Authorization`, `X-Vault-Auth`)

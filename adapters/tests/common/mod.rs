@@ -563,3 +563,12 @@ impl Fake {
         serde_json::from_slice(&out.stdout).unwrap_or_else(|_| panic!("{out:?}"))
     }
 }
+
+/// A store's listing: how many names, or the error as text.
+pub fn store_list(store: &Arc<dyn KeyStore>) -> Result<usize, String> {
+    match store.execute(kes_core::Command::List) {
+        Ok(kes_core::StoreReply::Names(n)) => Ok(n.len()),
+        Ok(_) => Err("not a listing".into()),
+        Err(e) => Err(e.to_string()),
+    }
+}

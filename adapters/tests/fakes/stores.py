@@ -18,6 +18,18 @@ KIND is one of:
   keysecure  CipherTrust Manager: refresh-token login, /api/v1/vault/secrets.
   fortanix   Fortanix DSM: API-key session, /crypto/v1/keys.
   entrust    Entrust KeyControl secrets vault: /vault/1.0/<Op>/.
+  gcp-adc    Google's token sources for Application Default Credentials,
+             one port: the metadata server (GET /computeMetadata/v1/instance/
+             service-accounts/default/token; 403 without Metadata-Flavor:
+             Google), STS token exchange (POST /v1/token, RFC 8693 form;
+             the subject token must equal --token-file's content, read at
+             every call) and IAM Credentials generateAccessToken (POST
+             /v1/projects/-/serviceAccounts/<email>:generateAccessToken with
+             an STS token). Every other path is Secret Manager: the bearer
+             token must be one it issued and unexpired (401 otherwise), and
+             the call is passed on to --upstream (drongo, which checks no
+             token). Tokens live --ttl seconds. POST /_fake/fail?on=1 makes
+             the token sources answer 500 until ?on=0.
   aws-creds  AWS's credential services, one port: EC2 instance metadata
              (IMDSv2: PUT /latest/api/token first; a GET without that token
              is 401), the container endpoint (ECS / EKS Pod Identity: GET
@@ -392,6 +404,71 @@ def entrust(h, method, path, q):
     h.reply(404, {"error": "Unknown operation"})
 
 
+# --- GCP: Application Default Credentials' token sources -----------------
+
+def gcp_adc(h, method, path, q):
+    def count(kind):
+        with LOCK:
+            STATS[kind] = STATS.get(kind, 0) + 1
+
+    def failing():
+        if AWS["fail"]:
+            count("failed")
+            h.reply(500, {"error": {"code": 500, "status": "INTERNAL", "message": "failing on purpose"}})
+            return True
+        return False
+
+    if path == "/computeMetadata/v1/instance/service-accounts/default/token":
+        if h.headers.get("Metadata-Flavor") != "Google":
+            return h.reply(403, b"Missing Metadata-Flavor:Google header.", "text/html")
+        if failing():
+            return
+        count("metadata")
+        return h.reply(200, {"access_token": issue(), "expires_in": ARGS.ttl, "token_type": "Bearer"})
+    if path == "/v1/token" and method == "POST":
+        form = {k: v[-1] for k, v in parse_qs(h.body().decode()).items()}
+        if form.get("grant_type") != "urn:ietf:params:oauth:grant-type:token-exchange" or form.get("requested_token_type") != "urn:ietf:params:oauth:token-type:access_token":
+            return h.reply(400, {"error": "invalid_request", "error_description": "bad grant"})
+        if failing():
+            return
+        want = open(ARGS.token_file).read().strip()
+        if form.get("subject_token") != want or form.get("audience") != ARGS.aud:
+            return h.reply(400, {"error": "invalid_grant", "error_description": "The subject token or audience is invalid."})
+        count("sts")
+        t = issue()
+        with LOCK:  # federated tokens are told apart by their prefix
+            TOKENS["sts." + t] = TOKENS.pop(t)
+        return h.reply(200, {"access_token": "sts." + t, "issued_token_type": "urn:ietf:params:oauth:token-type:access_token", "token_type": "Bearer", "expires_in": ARGS.ttl})
+    if path.endswith(":generateAccessToken") and method == "POST":
+        auth = h.headers.get("Authorization", "")
+        body = h.json_body() or {}
+        if not (auth.startswith("Bearer sts.") and valid(auth[7:])):
+            return h.reply(401, {"error": {"code": 401, "status": "UNAUTHENTICATED", "message": "Request had invalid authentication credentials."}})
+        if failing():
+            return
+        count("impersonate")
+        exp = datetime.datetime.fromtimestamp(time.time() + ARGS.ttl, datetime.timezone.utc)
+        return h.reply(200, {"accessToken": issue(), "expireTime": exp.strftime("%Y-%m-%dT%H:%M:%SZ"), "scopes": body.get("scope")})
+    # A URL subject token source (as Azure's IMDS serves one): JSON.
+    if path == "/subject" and method == "GET":
+        if h.headers.get("Metadata") != "True":
+            return h.reply(400, {"error": "Required metadata header not specified"})
+        return h.reply(200, {"access_token": open(ARGS.token_file).read().strip()})
+    # Secret Manager: check the token, then pass the call on.
+    auth = h.headers.get("Authorization", "")
+    if not (auth.startswith("Bearer ") and valid(auth[7:])):
+        return h.reply(401, {"error": {"code": 401, "status": "UNAUTHENTICATED", "message": "Request had invalid authentication credentials."}})
+    import http.client
+    u = urlsplit(ARGS.upstream)
+    conn = http.client.HTTPConnection(u.hostname, u.port, timeout=10)
+    body = h.body()
+    conn.request(method, h.path, body=body or None, headers={"Content-Type": h.headers.get("Content-Type", "application/json")})
+    r = conn.getresponse()
+    data = r.read()
+    conn.close()
+    h.reply(r.status, data, r.getheader("Content-Type") or "application/json")
+
+
 # --- AWS credential services (IMDSv2, container endpoint, STS) ----------
 
 AWS = {"fail": False, "imds_tokens": set()}
@@ -472,7 +549,7 @@ def aws_creds(h, method, path, q):
     h.reply(405, {"message": "not supported"})
 
 
-KINDS = {"aws-creds": aws_creds, "gcp-token": gcp_token, "azure": azure, "keysecure": keysecure, "fortanix": fortanix, "entrust": entrust}
+KINDS = {"gcp-adc": gcp_adc, "aws-creds": aws_creds, "gcp-token": gcp_token, "azure": azure, "keysecure": keysecure, "fortanix": fortanix, "entrust": entrust}
 
 if __name__ == "__main__":
     p = argparse.ArgumentParser()
@@ -496,6 +573,7 @@ if __name__ == "__main__":
     p.add_argument("--access", default="")
     p.add_argument("--role", default="")
     p.add_argument("--token-file", default="")
+    p.add_argument("--upstream", default="")  # gcp-adc: the Secret Manager server calls are passed to
     ARGS = p.parse_args()
     server = ThreadingHTTPServer(("127.0.0.1", ARGS.port), Handler)
     server.daemon_threads = True

@@ -14,8 +14,10 @@ pub struct GcpConfig {
     pub project_id: String,
     /// OAuth2 scopes asked for (default: cloud-platform).
     pub scopes: Vec<String>,
-    /// The service account.
-    pub credentials: GcpCredentials,
+    /// The service account's key; `None` (no `client_email` and no
+    /// `private_key`, as KES configs on GCE/GKE leave them): Application
+    /// Default Credentials, found by the store.
+    pub credentials: Option<GcpCredentials>,
 }
 
 /// A GCP service account's key (the fields of its JSON key file).

@@ -97,7 +97,7 @@ pub fn connect(
     smol::block_on(inner.token.get(&|| inner.fetch_token()))
         .map_err(|e| format!("azure: cannot get a token for {}: {e}", config.endpoint))?;
     let plaintext = inner.api.http.is_plaintext();
-    Ok(Connected { store: Arc::new(RemoteStore::new(inner)), plaintext })
+    Ok(Connected { store: Arc::new(RemoteStore::new(inner)), plaintext, source: None })
 }
 
 impl Remote for Inner {

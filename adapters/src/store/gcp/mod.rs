@@ -5,19 +5,17 @@
 //! KES talks gRPC to Google; the REST calls here are the same operations
 //! on the same resources, so a project KES wrote is read as is.
 
+mod adc;
 pub mod proto;
 
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use kes_core::config::GcpConfig;
 use kes_core::{Command, StoreError, StoreReply};
-use ring::signature::{RsaKeyPair, RSA_PKCS1_SHA256};
 use zeroize::Zeroizing;
 
-use super::rest::{request, url_origin, url_path, Connected, Grant, Rest, Token};
+use super::rest::{request, Connected, Grant, Rest, Token};
 use super::{Remote, RemoteStore};
-use crate::https::HttpRequest;
 
 /// Listing page size and the most pages followed.
 const PAGE: usize = 250;
@@ -25,60 +23,35 @@ const MAX_PAGES: usize = 10_000;
 
 struct Inner {
     api: Rest,
-    oauth: Rest,
-    token_path: String,
-    token_uri: String,
+    auth: adc::Auth,
     project: String,
     scope: String,
-    email: String,
-    key_id: String,
-    key: RsaKeyPair,
     token: Token,
 }
 
-/// Loads the account's key and fetches a first token, so wrong
-/// credentials stop start-up instead of the first request (KES finds
-/// out only then).
-/// `env` gives `SSL_CERT_FILE`, the CA file when set (the config has no
-/// CA key for GCP).
+/// Finds the credentials (the config's service account, else Application
+/// Default Credentials, [`adc`]) and fetches a first token, so wrong
+/// credentials stop start-up instead of the first request (KES finds out
+/// only then). `env` gives `SSL_CERT_FILE` (the CA file when set: the
+/// config has no CA key for GCP), `GOOGLE_APPLICATION_CREDENTIALS` and
+/// `GCE_METADATA_HOST`.
 pub fn connect(
     config: &GcpConfig,
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<Connected, String> {
-    let c = &config.credentials;
     let ca = env("SSL_CERT_FILE").filter(|v| !v.is_empty());
-    let key = load_key(c.private_key.expose())?;
+    let (auth, source) = adc::Auth::discover(config.credentials.as_ref(), ca.as_deref(), env)?;
     let inner = Arc::new(Inner {
         api: Rest::new("gcp", &config.endpoint, ca.as_deref())?,
-        oauth: Rest::new("gcp", &url_origin(&c.token_uri), ca.as_deref())?,
-        token_path: url_path(&c.token_uri),
-        token_uri: c.token_uri.clone(),
+        auth,
         project: config.project_id.clone(),
         scope: config.scopes.join(" "),
-        email: c.client_email.clone(),
-        key_id: c.private_key_id.clone(),
-        key,
         token: Token::default(),
     });
     smol::block_on(inner.token.get(&|| inner.login()))
-        .map_err(|e| format!("gcp: cannot log in as '{}': {e}", c.client_email))?;
-    let plaintext = inner.api.http.is_plaintext() || inner.oauth.http.is_plaintext();
-    Ok(Connected { store: Arc::new(RemoteStore::new(inner)), plaintext })
-}
-
-/// The PKCS#8 RSA key of a service account. Keys pasted from the JSON key
-/// file keep their `\n` escapes; those are undone.
-fn load_key(pem: &str) -> Result<RsaKeyPair, String> {
-    use rustls::pki_types::pem::PemObject;
-    use rustls::pki_types::PrivatePkcs8KeyDer;
-    let pem =
-        Zeroizing::new(if pem.contains('\n') { pem.to_owned() } else { pem.replace("\\n", "\n") });
-    let der = PrivatePkcs8KeyDer::from_pem_slice(pem.as_bytes()).map_err(|e| {
-        format!("keystore.gcp.secretmanager.credentials.private_key: not a PKCS#8 PEM key: {e}")
-    })?;
-    RsaKeyPair::from_pkcs8(der.secret_pkcs8_der()).map_err(|e| {
-        format!("keystore.gcp.secretmanager.credentials.private_key: not a usable RSA key: {e}")
-    })
+        .map_err(|e| format!("gcp: no access token from {source}: {e}"))?;
+    let plaintext = inner.api.http.is_plaintext() || inner.auth.is_plaintext();
+    Ok(Connected { store: Arc::new(RemoteStore::new(inner)), plaintext, source: Some(source) })
 }
 
 impl Remote for Inner {
@@ -184,30 +157,8 @@ impl Inner {
         self.api.failure(what, r, format!("{status} {message}").trim())
     }
 
-    /// Signs a fresh assertion and exchanges it for an access token.
+    /// A fresh access token from wherever the credentials are.
     async fn login(&self) -> Result<Grant, StoreError> {
-        use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-        use base64::Engine as _;
-        let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
-        let input = proto::signing_input(&proto::Assertion {
-            issuer: &self.email,
-            key_id: &self.key_id,
-            scope: &self.scope,
-            audience: &self.token_uri,
-            now,
-        });
-        let mut sig = vec![0; self.key.public().modulus_len()];
-        self.key
-            .sign(&RSA_PKCS1_SHA256, &ring::rand::SystemRandom::new(), input.as_bytes(), &mut sig)
-            .map_err(|_| StoreError::Failed("gcp: cannot sign the token request".into()))?;
-        let jwt = format!("{input}.{}", URL_SAFE_NO_PAD.encode(sig));
-        let form = proto::token_form(&jwt);
-        let make = || {
-            HttpRequest::new("POST", self.token_path.clone())
-                .header("Content-Type", "application/x-www-form-urlencoded")
-                .body(form.clone())
-        };
-        let r = self.oauth.send(&make, true).await?;
-        proto::token_result(&r)
+        self.auth.token(&self.scope).await
     }
 }

@@ -33,29 +33,28 @@ pub(super) fn read(v: &serde_yaml::Value) -> Option<Result<KeystoreConfig, Confi
     let scopes = if scopes.is_empty() { vec![DEFAULT_SCOPE.to_owned()] } else { scopes };
     let client_email = text(&["credentials", "client_email"]);
     let private_key = text(&["credentials", "private_key"]);
-    if client_email.is_empty() {
-        return err("credentials.client_email is required");
-    }
-    if private_key.is_empty() {
-        return err("credentials.private_key is required");
-    }
-    let token_uri = match text(&["credentials", "token_uri"]) {
-        t if t.is_empty() => GOOGLE_TOKEN_URI.to_owned(),
-        t if t.starts_with("https://") || t.starts_with("http://") => t,
-        t => return err(&format!("credentials.token_uri '{t}' must be an https:// URL")),
+    let credentials = match (client_email.is_empty(), private_key.is_empty()) {
+        // Neither: Application Default Credentials (as KES left it to
+        // Google's SDK).
+        (true, true) => None,
+        (true, false) => return err("credentials.client_email is required with a private_key"),
+        (false, true) => return err("credentials.private_key is required with a client_email"),
+        (false, false) => {
+            let token_uri = match text(&["credentials", "token_uri"]) {
+                t if t.is_empty() => GOOGLE_TOKEN_URI.to_owned(),
+                t if t.starts_with("https://") || t.starts_with("http://") => t,
+                t => return err(&format!("credentials.token_uri '{t}' must be an https:// URL")),
+            };
+            Some(GcpCredentials {
+                client_email,
+                client_id: text(&["credentials", "client_id"]),
+                private_key_id: text(&["credentials", "private_key_id"]),
+                private_key: Secret::new(private_key),
+                token_uri,
+            })
+        }
     };
-    Some(Ok(KeystoreConfig::Gcp(Box::new(GcpConfig {
-        endpoint,
-        project_id,
-        scopes,
-        credentials: GcpCredentials {
-            client_email,
-            client_id: text(&["credentials", "client_id"]),
-            private_key_id: text(&["credentials", "private_key_id"]),
-            private_key: Secret::new(private_key),
-            token_uri,
-        },
-    }))))
+    Some(Ok(KeystoreConfig::Gcp(Box::new(GcpConfig { endpoint, project_id, scopes, credentials }))))
 }
 
 #[cfg(test)]
@@ -70,17 +69,23 @@ mod tests {
         let KeystoreConfig::Gcp(g) = c.keystore else { panic!("{:?}", c.keystore) };
         assert_eq!(g.endpoint, "https://secretmanager.googleapis.com:443");
         assert_eq!(g.scopes, ["https://www.googleapis.com/auth/cloud-platform"]);
-        assert_eq!(g.credentials.token_uri, "https://oauth2.googleapis.com/token");
-        assert!(g.credentials.private_key.expose().contains("MII"));
+        let creds = g.credentials.as_ref().unwrap();
+        assert_eq!(creds.token_uri, "https://oauth2.googleapis.com/token");
+        assert!(creds.private_key.expose().contains("MII"));
         assert!(!format!("{g:?}").contains("MII"), "the key is never printed");
         let c = parse("  gcp:\n    secretmanager:\n      project_id: p1\n      scopes: [a, b]\n      credentials:\n        client_email: e\n        private_key: k\n        token_uri: http://127.0.0.1:9/token\n").unwrap();
         let KeystoreConfig::Gcp(g) = c.keystore else { panic!() };
         assert_eq!(
-            (g.scopes.len(), g.credentials.token_uri.as_str()),
+            (g.scopes.len(), g.credentials.unwrap().token_uri.as_str()),
             (2, "http://127.0.0.1:9/token")
         );
-        let e = parse("  gcp:\n    secretmanager:\n      project_id: p1\n").unwrap_err();
-        assert!(e.message.contains("client_email"), "{e}");
+        // No key in the config: Application Default Credentials.
+        let c = parse("  gcp:\n    secretmanager:\n      project_id: p1\n      credentials:\n        client_email: \"\"\n        private_key: \"\"\n").unwrap();
+        let KeystoreConfig::Gcp(g) = c.keystore else { panic!() };
+        assert!(g.credentials.is_none());
+        // Half a key is an error.
+        let e = parse("  gcp:\n    secretmanager:\n      project_id: p1\n      credentials:\n        client_email: e\n").unwrap_err();
+        assert!(e.message.contains("private_key is required"), "{e}");
         // v0.19's sample file lists the store with empty values: not selected.
         let c = parse("  gcp:\n    secretmanager:\n      project_id: \"\"\n  fs:\n    path: ./k\n")
             .unwrap();
