@@ -162,6 +162,7 @@ async fn run(
         .await;
         let now = clock::now();
         server.set_audit_enabled(hub.wants_audit());
+        server.set_audit_stalled(hub.audit_stalled());
         match wake {
             Wake::Closed | Wake::Input(Input::Stop) => return,
             Wake::Timer => {

@@ -14,6 +14,7 @@ pub mod heap;
 pub mod http;
 pub mod https;
 pub mod log;
+pub mod logwriter;
 pub mod proxy;
 pub mod rng;
 pub mod serve;

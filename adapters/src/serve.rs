@@ -117,6 +117,11 @@ impl RunningServer {
             std::thread::sleep(Duration::from_millis(10));
         }
         let clean = self.open_connections() == 0;
+        // Audit lines of answered requests are written before the exit
+        // (if the reader takes them in time).
+        self.shared
+            .hub
+            .flush(until.saturating_duration_since(Instant::now()).max(Duration::from_secs(1)));
         self.stop();
         clean
     }

@@ -57,7 +57,7 @@ fn main() {
         Cmd::Migrate(m) => m.run(),
     };
     if let Err(e) = result {
-        eprintln!("Error: {e}");
+        let _ = std::io::Write::write_fmt(&mut std::io::stderr(), format_args!("Error: {e}\n"));
         std::process::exit(1);
     }
 }

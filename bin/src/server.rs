@@ -1,5 +1,14 @@
 //! `kes server`: load the config, merge flags, start serving.
 
+/// A line on stderr that never panics: `eprintln!` does when stderr is a
+/// pipe whose reader is gone, and a log write must not stop the server.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -49,12 +58,12 @@ pub fn run(cmd: ServerCmd) -> Result<(), String> {
 
     let loaded = load(&cmd)?;
     for w in &loaded.config.warnings {
-        eprintln!("kes: warning: {w}");
+        say!("kes: warning: {w}");
     }
     let opened = kes_adapters::store::open(&loaded.config.keystore)?;
     let (store, store_label) = (opened.store, opened.label);
     for line in opened.notes {
-        eprintln!("kes: {line}");
+        say!("kes: {line}");
     }
     let admin = admin_label(&loaded.config);
     let keystore = loaded.config.keystore.clone();
@@ -70,17 +79,17 @@ pub fn run(cmd: ServerCmd) -> Result<(), String> {
         store,
         threads: threads(),
     })?;
-    eprintln!("kes: listening on https://{}", running.addr());
-    eprintln!("kes: admin identity: {admin}");
-    eprintln!("kes: key store: {store_label}");
-    eprintln!("kes: client certificates: {auth_text}");
+    say!("kes: listening on https://{}", running.addr());
+    say!("kes: admin identity: {admin}");
+    say!("kes: key store: {store_label}");
+    say!("kes: client certificates: {auth_text}");
     serve_until_signal(running, |running| {
         let loaded = load(&cmd)?;
         if loaded.config.keystore != keystore {
-            eprintln!("kes: warning: key store changes take effect after a restart");
+            say!("kes: warning: key store changes take effect after a restart");
         }
         for w in &loaded.config.warnings {
-            eprintln!("kes: warning: {w}");
+            say!("kes: warning: {w}");
         }
         running.reload(loaded.config, Some(loaded.tls))
     })
@@ -100,13 +109,13 @@ fn serve_until_signal(
         let Some(Ok(sig)) = smol::block_on(signals.next()) else { continue };
         match sig {
             Signal::Hup => match reload(&running) {
-                Ok(()) => eprintln!("kes: configuration reloaded"),
-                Err(e) => eprintln!("kes: reload failed, keeping the current configuration: {e}"),
+                Ok(()) => say!("kes: configuration reloaded"),
+                Err(e) => say!("kes: reload failed, keeping the current configuration: {e}"),
             },
             _ => {
-                eprintln!("kes: shutting down: finishing in-flight requests");
+                say!("kes: shutting down: finishing in-flight requests");
                 if !running.shutdown(SHUTDOWN_GRACE) {
-                    eprintln!("kes: some connections were still busy after {SHUTDOWN_GRACE:?}");
+                    say!("kes: some connections were still busy after {SHUTDOWN_GRACE:?}");
                 }
                 return Ok(());
             }
@@ -238,32 +247,30 @@ fn run_dev(addr: &str) -> Result<(), String> {
     let host =
         if addr.ip().is_unspecified() { "127.0.0.1".to_owned() } else { addr.ip().to_string() };
     let url = format!("https://{host}:{}", running.addr().port());
-    eprintln!("kes: development server listening on {url}");
-    eprintln!("kes: keys live in memory and are lost on exit");
-    eprintln!("kes: client certificates: {}", auth_label(auth, None));
-    eprintln!("kes: admin identity: {admin}");
-    eprintln!("kes: admin API key:  {}", api_key.secret_text().as_str());
-    eprintln!();
-    eprintln!("Paste into a client shell:");
-    eprintln!("  export KES_SERVER={url}");
-    eprintln!("  export KES_CAPATH={}", server_cert_path.display());
-    eprintln!("  export KES_API_KEY={}", api_key.secret_text().as_str());
-    eprintln!();
-    eprintln!(
-        "Clients without API keys use the same identity's certificate instead of KES_API_KEY:"
-    );
-    eprintln!("  export KES_CLIENT_CERT={}", admin_cert_path.display());
-    eprintln!("  export KES_CLIENT_KEY={}", admin_key_path.display());
-    eprintln!();
-    eprintln!("Or try it with curl:");
-    eprintln!(
+    say!("kes: development server listening on {url}");
+    say!("kes: keys live in memory and are lost on exit");
+    say!("kes: client certificates: {}", auth_label(auth, None));
+    say!("kes: admin identity: {admin}");
+    say!("kes: admin API key:  {}", api_key.secret_text().as_str());
+    say!();
+    say!("Paste into a client shell:");
+    say!("  export KES_SERVER={url}");
+    say!("  export KES_CAPATH={}", server_cert_path.display());
+    say!("  export KES_API_KEY={}", api_key.secret_text().as_str());
+    say!();
+    say!("Clients without API keys use the same identity's certificate instead of KES_API_KEY:");
+    say!("  export KES_CLIENT_CERT={}", admin_cert_path.display());
+    say!("  export KES_CLIENT_KEY={}", admin_key_path.display());
+    say!();
+    say!("Or try it with curl:");
+    say!(
         "  curl --cacert {} --cert {} --key {} {url}/v1/status",
         server_cert_path.display(),
         admin_cert_path.display(),
         admin_key_path.display()
     );
-    eprintln!();
-    eprintln!("The certificates live in {} until the server stops.", dir.0.display());
+    say!();
+    say!("The certificates live in {} until the server stops.", dir.0.display());
     serve_until_signal(running, |_| Err("there is no config file to reload in --dev mode".into()))
 }
 

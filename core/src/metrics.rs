@@ -52,6 +52,8 @@ pub struct Metrics {
     pub audit_events: u64,
     /// Error events produced.
     pub error_events: u64,
+    /// Whether the audit log cannot be written right now.
+    pub audit_stalled: bool,
 }
 
 /// Process facts the adapter supplies (the core cannot read them itself).
@@ -131,7 +133,7 @@ impl Metrics {
     }
 
     /// Every single-valued metric: name, type, help, value.
-    fn scalars(&self, uptime: Duration, sys: &SystemInfo) -> [(&str, &str, &str, String); 13] {
+    fn scalars(&self, uptime: Duration, sys: &SystemInfo) -> [(&str, &str, &str, String); 14] {
         let uptime_10ms = uptime.as_millis() / 10;
         #[rustfmt::skip]
         let table = [
@@ -142,6 +144,7 @@ impl Metrics {
             ("kes_system_mem_resident", "gauge", "Resident memory of the process in bytes.", sys.mem_resident.to_string()),
             ("kes_log_error_events", "counter", "Number of error log events written.", self.error_events.to_string()),
             ("kes_log_audit_events", "counter", "Number of audit log events written.", self.audit_events.to_string()),
+            ("kes_log_audit_stalled", "gauge", "1 while the audit log cannot be written (requests that need it get 503).", u8::from(self.audit_stalled).to_string()),
             ("kes_system_up_time", "gauge", "The time the server has been up and running in seconds.", format!("{}.{:02}", uptime_10ms / 100, uptime_10ms % 100)),
             ("kes_system_num_cpu", "gauge", "The number of logical CPUs available on the system.", sys.num_cpu.to_string()),
             ("kes_system_num_cpu_used", "gauge", "The number of logical CPUs usable by the server.", sys.num_cpu_used.to_string()),

@@ -662,3 +662,34 @@ fn ready_while_the_cache_can_serve_offline() {
     let r = call(&mut h, Method::POST, "/v1/key/generate/k", Value::Null);
     assert_eq!(r.status, StatusCode::OK);
 }
+
+/// While the audit log cannot be written, requests that need an audit record
+/// get 503 before any work; status and metrics answer and say why; ready is
+/// 503 so load balancers go elsewhere; all recovers when it is written again.
+#[test]
+fn a_stalled_audit_log_refuses_requests_visibly() {
+    let mut h = start(Config::empty());
+    assert_eq!(call(&mut h, Method::POST, "/v1/key/create/k", Value::Null).status, StatusCode::OK);
+    h.server.set_audit_stalled(true);
+    let executed = h.store.executed;
+    let r = call(&mut h, Method::POST, "/v1/key/generate/k", json!({}));
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(json_of(&r)["message"], "audit log is not being written");
+    let r = call(&mut h, Method::POST, "/v1/key/create/other", Value::Null);
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(h.store.executed, executed, "nothing reached the store");
+    assert_eq!(
+        call(&mut h, Method::GET, "/v1/ready", Value::Null).status,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+    let r = call(&mut h, Method::GET, "/v1/status", Value::Null);
+    assert_eq!((r.status, json_of(&r)["audit_log_stalled"].clone()), (StatusCode::OK, json!(true)));
+    let r = call(&mut h, Method::GET, "/v1/metrics", Value::Null);
+    assert_eq!(r.status, StatusCode::OK);
+    assert!(String::from_utf8_lossy(&r.body).contains("\nkes_log_audit_stalled 1\n"));
+    h.server.set_audit_stalled(false);
+    assert_eq!(call(&mut h, Method::POST, "/v1/key/generate/k", json!({})).status, StatusCode::OK);
+    assert_eq!(call(&mut h, Method::GET, "/v1/ready", Value::Null).status, StatusCode::OK);
+    let r = call(&mut h, Method::GET, "/v1/status", Value::Null);
+    assert!(json_of(&r).get("audit_log_stalled").is_none());
+}

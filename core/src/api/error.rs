@@ -87,6 +87,9 @@ pub enum ApiError {
     StoreUnavailable,
     /// The request did not finish within its route's timeout.
     Timeout,
+    /// The audit log cannot be written (its reader stopped reading), so a
+    /// request that needs an audit record is not served.
+    AuditLogStalled,
 }
 
 impl From<crate::crypto::RingError> for ApiError {
@@ -173,6 +176,7 @@ impl ApiError {
             Self::StoreList => (S::BAD_GATEWAY, "failed to list keys"),
             Self::StoreUnreachable => (S::GATEWAY_TIMEOUT, "key store is not reachable"),
             Self::StoreUnavailable => (S::BAD_GATEWAY, "key store is unavailable"),
+            Self::AuditLogStalled => (S::SERVICE_UNAVAILABLE, "audit log is not being written"),
             Self::Timeout => (S::SERVICE_UNAVAILABLE, "request timeout exceeded"),
         };
         (status, msg.to_owned())

@@ -112,6 +112,12 @@ impl Server {
         let path = percent_decode(&req.path).ok_or(ApiError::BadPath)?;
         let resource = percent_decode(raw_resource).ok_or(ApiError::BadPath)?;
         let route = &ROUTES[index];
+        // Fail closed, visibly: no audit record, no service; what reports
+        // on the server still answers (its record waits in the log queue).
+        if self.metrics.audit_stalled && !matches!(route.op, Op::Status | Op::Metrics | Op::Version)
+        {
+            return Err(ApiError::AuditLogStalled);
+        }
         check_method_and_query(route, &req)?;
         let (skip_auth, timeout) = self.overrides.get(index).copied().unwrap_or_default();
         self.authorize(route.auth, skip_auth, caller, &path)?;

@@ -246,6 +246,15 @@ impl Server {
         self.audit_all = on;
     }
 
+    /// Whether the audit log cannot be written (its reader stopped): then a
+    /// request is not served unless it is one that reports on the server
+    /// (`/v1/status`, `/v1/metrics`, `/version`), which answer and say so,
+    /// and `/v1/ready` answers 503 so load balancers go elsewhere. The
+    /// adapter that owns the log decides and sets it before each request.
+    pub fn set_audit_stalled(&mut self, stalled: bool) {
+        self.metrics.audit_stalled = stalled;
+    }
+
     /// Updates the process facts `/v1/status` and `/v1/metrics` report.
     pub fn set_system_info(&mut self, info: SystemInfo) {
         self.system = info;

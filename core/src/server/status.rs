@@ -119,6 +119,10 @@ impl Server {
                         v["keystore_unavailable"] = true.into();
                     }
                 }
+                if self.metrics.audit_stalled {
+                    // An addition to KES's fields: why requests get 503.
+                    v["audit_log_stalled"] = true.into();
+                }
                 Response::json(&v)
             }
         }
