@@ -58,7 +58,15 @@ struct Queue {
     bytes: Vec<u8>,
     lines: usize,
     dropped: u64,
+    /// The writer waits on the condition variable (only then is a wake-up
+    /// needed).
+    waiting: bool,
 }
+
+/// After each write the writer lets lines gather this long, so that a busy
+/// server's audit lines go out in batches (a few writes and wake-ups per
+/// millisecond, not one per request). Lines wait at most this much longer.
+const GATHER: Duration = Duration::from_millis(1);
 
 impl StreamWriter {
     /// A writer for `target`: stalled past `soft` queued lines, dropping
@@ -100,8 +108,11 @@ impl StreamWriter {
         q.bytes.extend_from_slice(line.as_bytes());
         q.bytes.push(b'\n');
         q.lines += 1;
+        let wake = std::mem::take(&mut q.waiting);
         drop(q);
-        self.shared.wake.notify_one();
+        if wake {
+            self.shared.wake.notify_one();
+        }
         true
     }
 
@@ -143,8 +154,10 @@ fn write_loop(s: &Shared, target: Target) {
         {
             let mut q = lock(&s.queue);
             while q.bytes.is_empty() {
+                q.waiting = true;
                 q = s.wake.wait(q).unwrap_or_else(|p| p.into_inner());
             }
+            q.waiting = false;
             std::mem::swap(&mut batch, &mut q.bytes);
             // The lines count falls only once they are written, so a queue
             // blocked on its writer still reads as full.
@@ -161,6 +174,8 @@ fn write_loop(s: &Shared, target: Target) {
             q.bytes.clear();
             q.lines = 0;
         }
+        drop(q);
+        std::thread::sleep(GATHER);
     }
 }
 
