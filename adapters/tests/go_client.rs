@@ -14,10 +14,9 @@ use serde_json::json;
 
 #[test]
 fn go_net_http_client_runs_the_minio_sequence() {
-    let go = ["/usr/bin/go", "/usr/lib/go/bin/go", "/usr/local/go/bin/go"]
-        .into_iter()
-        .find(|p| Path::new(p).exists())
-        .expect("Go is required for this test (.ci/run installs golang-go)");
+    let go = find_go().expect(
+        "Go is required for this test: on PATH, or /usr/lib/go, /usr/local/go (scripts/test.sh installs golang-go when there is none)",
+    );
     let (pki, admin, server, c) = admin_server(|_| {});
     let work = tempdir("go");
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/go/kmsclient.go");
@@ -78,4 +77,16 @@ fn go_net_http_client_runs_the_minio_sequence() {
 fn base64_of(b: &[u8]) -> String {
     use base64::Engine as _;
     base64::engine::general_purpose::STANDARD.encode(b)
+}
+
+/// Go where scripts/test.sh looks for it: on `PATH` first (any installer),
+/// then the places Debian's package and Go's own tarball put it.
+fn find_go() -> Option<std::path::PathBuf> {
+    let on_path = std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).map(|d| d.join("go")).collect::<Vec<_>>())
+        .unwrap_or_default();
+    on_path
+        .into_iter()
+        .chain(["/usr/bin/go", "/usr/lib/go/bin/go", "/usr/local/go/bin/go"].map(Into::into))
+        .find(|p| p.is_file())
 }
