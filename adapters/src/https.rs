@@ -212,12 +212,7 @@ impl HttpsClient {
         req: &HttpRequest,
         timeout: Duration,
     ) -> Result<HttpResponse, HttpError> {
-        let until = Instant::now() + timeout;
-        smol::future::or(self.exchange(req), async {
-            Timer::at(until).await;
-            Err(HttpError::Timeout)
-        })
-        .await
+        within(timeout, self.exchange(req)).await
     }
 
     /// Like [`Self::send`], on a new connection that is not pooled
@@ -227,7 +222,6 @@ impl HttpsClient {
         req: &HttpRequest,
         timeout: Duration,
     ) -> Result<HttpResponse, HttpError> {
-        let until = Instant::now() + timeout;
         let once = async {
             let mut conn = self.connect().await?;
             match self.on(&mut conn, req).await {
@@ -236,11 +230,7 @@ impl HttpsClient {
                 Err(Failed(e)) => Err(e),
             }
         };
-        smol::future::or(once, async {
-            Timer::at(until).await;
-            Err(HttpError::Timeout)
-        })
-        .await
+        within(timeout, once).await
     }
 
     async fn exchange(&self, req: &HttpRequest) -> Result<HttpResponse, HttpError> {
@@ -349,6 +339,19 @@ impl HttpsClient {
         conn.flush().await.map_err(|_| Stale)?;
         read_response(conn, req.method == "HEAD").await
     }
+}
+
+/// `call`'s answer, or [`HttpError::Timeout`] when it takes longer.
+async fn within<T>(
+    timeout: Duration,
+    call: impl std::future::Future<Output = Result<T, HttpError>>,
+) -> Result<T, HttpError> {
+    let until = Instant::now() + timeout;
+    smol::future::or(call, async {
+        Timer::at(until).await;
+        Err(HttpError::Timeout)
+    })
+    .await
 }
 
 /// How one attempt on a connection failed.

@@ -23,6 +23,9 @@ struct Moto {
     secret: String,
 }
 
+/// IAM in moto: a user "kes" with an access key, allowed Secrets Manager
+/// and to assume the role "kes" (Secrets Manager), which a web identity may
+/// assume too: five set-up calls.
 const SETUP: &str = r#"
 import boto3, json, sys
 iam = boto3.client("iam", endpoint_url=sys.argv[1], region_name="us-east-1",
@@ -30,21 +33,7 @@ iam = boto3.client("iam", endpoint_url=sys.argv[1], region_name="us-east-1",
 iam.create_user(UserName="kes")
 iam.put_user_policy(UserName="kes", PolicyName="kes", PolicyDocument=json.dumps({
     "Version": "2012-10-17",
-    "Statement": [{"Effect": "Allow", "Action": ["secretsmanager:*", "kms:*"], "Resource": "*"}]}))
-k = iam.create_access_key(UserName="kes")["AccessKey"]
-print(json.dumps({"id": k["AccessKeyId"], "secret": k["SecretAccessKey"]}))
-"#;
-
-/// Also a role "kes" (Secrets Manager) that the user may assume and a web
-/// identity may assume: five set-up calls.
-const SETUP_ROLE: &str = r#"
-import boto3, json, sys
-iam = boto3.client("iam", endpoint_url=sys.argv[1], region_name="us-east-1",
-                   aws_access_key_id="setup", aws_secret_access_key="setup")
-iam.create_user(UserName="kes")
-iam.put_user_policy(UserName="kes", PolicyName="kes", PolicyDocument=json.dumps({
-    "Version": "2012-10-17",
-    "Statement": [{"Effect": "Allow", "Action": ["sts:AssumeRole"], "Resource": "*"}]}))
+    "Statement": [{"Effect": "Allow", "Action": ["secretsmanager:*", "sts:AssumeRole"], "Resource": "*"}]}))
 k = iam.create_access_key(UserName="kes")["AccessKey"]
 trust = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow",
     "Principal": {"AWS": "arn:aws:iam::123456789012:user/kes",
@@ -59,7 +48,7 @@ print(json.dumps({"id": k["AccessKeyId"], "secret": k["SecretAccessKey"], "role"
 
 impl Moto {
     fn start() -> Self {
-        Self::start_with(SETUP, 3).0
+        Self::start_with(SETUP, 5).0
     }
 
     /// moto checking signatures after `free` unsigned calls (the set-up's),
@@ -217,7 +206,7 @@ fn create(store: &std::sync::Arc<dyn kes_adapters::store::KeyStore>, name: &str)
 #[test]
 fn web_identity_through_moto_sts() {
     // Five set-up calls, then kes's STS exchange is the last unsigned one.
-    let (moto, v) = Moto::start_with(SETUP_ROLE, 6);
+    let (moto, v) = Moto::start_with(SETUP, 6);
     let dir = tempdir("aws-irsa");
     let token = dir.join("token");
     std::fs::write(
@@ -308,14 +297,14 @@ fn environment_and_shared_files() {
 /// signs with expired ones.
 #[test]
 fn temporary_credentials_are_refreshed() {
-    let (moto, v) = Moto::start_with(SETUP_ROLE, 5);
+    let (moto, v) = Moto::start_with(SETUP, 5);
     let dir = tempdir("aws-temp");
     let auth_file = dir.join("container-token");
     std::fs::write(&auth_file, "pod-identity-1").unwrap();
     let web_file = dir.join("web-token");
     std::fs::write(&web_file, "web-token-1").unwrap();
     let role = v["role"].as_str().unwrap().to_owned();
-    let fake = Fake::start_with_ttl(
+    let fake = fake_ttl(
         "aws-creds",
         6,
         &[
@@ -332,12 +321,8 @@ fn temporary_credentials_are_refreshed() {
         ],
     );
     // IMDSv2 only: a GET without the session token is refused.
-    let out = Command::new("curl")
-        .args(["-s", "-o", "/dev/null", "-w", "%{http_code}"])
-        .arg(format!("{}/latest/meta-data/iam/security-credentials/", fake.url()))
-        .output()
-        .unwrap();
-    assert_eq!(String::from_utf8_lossy(&out.stdout), "401");
+    let url = format!("{}/latest/meta-data/iam/security-credentials/", fake.url());
+    assert_eq!(kes_testkit::http_code(&url), "401");
 
     // (the stand-in's counter, the environment, what the start-up log says)
     let sources: Vec<(&str, Env, &str)> = vec![

@@ -2,7 +2,7 @@
 //! drongo (a real Secret Manager REST server from PyPI) with a token
 //! endpoint that checks the service account's JWT signature; Azure Key
 //! Vault, CipherTrust/KeySecure, Fortanix DSM and Entrust KeyControl
-//! against fakes of their documented REST APIs (tests/fakes/stores.py: no
+//! against fakes of their documented REST APIs (kes-testkit's fakes/stores.py: no
 //! emulator of these services installs here).
 //!
 //! Each store runs the same lifecycle through a kes server: create,
@@ -14,8 +14,7 @@
 mod common;
 
 use std::net::{Shutdown, TcpListener, TcpStream};
-use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -229,50 +228,19 @@ fn lifecycle(
     server.stop();
 }
 
-/// Secret Manager: drongo (a real implementation of its REST API, no
-/// auth), installed next to the test python; and its port.
-fn start_drongo() -> (Proc, u16) {
-    let drongo = Path::new(&python()).with_file_name("drongo");
-    let port = free_port();
-    let child = Command::new(if drongo.exists() { drongo } else { "drongo".into() })
-        .args(["server", "--host", "127.0.0.1", "--port", &port.to_string()])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("drongo is required: pip install drongo (scripts/test.sh does)");
-    wait_port(port);
-    (Proc(child), port)
-}
-
 #[test]
 fn gcp_secret_manager_on_drongo() {
     let dir = tempdir("gcp");
-    let key = dir.join("sa.pem");
-    let out = Command::new("openssl")
-        .args(["genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048", "-out"])
-        .arg(&key)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{out:?}");
-    let out = Command::new("openssl")
-        .args(["rsa", "-noout", "-modulus", "-in"])
-        .arg(&key)
-        .output()
-        .unwrap();
-    let modulus =
-        String::from_utf8(out.stdout).unwrap().trim().trim_start_matches("Modulus=").to_owned();
-    let (_drongo, port) = start_drongo();
+    let (key, modulus) = kes_testkit::gcp_service_account_key(&dir);
+    let (_drongo, port) = kes_testkit::start_drongo();
     let proxy = Proxy::start(port);
     let email = "kes@project-1.iam.gserviceaccount.com";
     let token_port = free_port();
     let aud = format!("http://127.0.0.1:{token_port}/token");
-    // The token endpoint on the port reserved above.
-    let mut cmd = Command::new(python());
-    cmd.arg(fake_script())
-        .args(["gcp-token", &token_port.to_string(), "--ttl", &TTL.to_string()])
-        .args(["--modulus", &modulus, "--key-id", "key-1", "--email", email, "--aud", &aud]);
-    let _tokens = Proc(cmd.stdout(Stdio::null()).spawn().unwrap());
-    wait_port(token_port);
+    // The token endpoint on the port reserved above (its URL is in `aud`).
+    let opts = FakeOptions { port: Some(token_port), ttl: Some(TTL), ..Default::default() };
+    let args = ["--modulus", &modulus, "--key-id", "key-1", "--email", email, "--aud", &aud];
+    let _tokens = Fake::start("gcp-token", opts, &args);
     let stats = || {
         let out = Command::new("curl")
             .args(["-sS", &format!("http://127.0.0.1:{token_port}/_fake/stats")])
@@ -346,7 +314,7 @@ fn gcp_secret_manager_on_drongo() {
 #[test]
 fn azure_key_vault_on_its_documented_api() {
     let pki = Pki::new();
-    let fake = Fake::start(
+    let fake = fake(
         "azure",
         Some(&pki),
         &["--tenant", "tenant-1", "--client-id", "app-1", "--client-secret", "s3cret"],
@@ -388,15 +356,15 @@ fn azure_key_vault_on_its_documented_api() {
         "{text}"
     );
 
-    let logins = || fake.stats(Some(&pki))["logins"].as_u64().unwrap();
-    let revoke = || fake.revoke(Some(&pki));
+    let logins = || fake.stats(Some(&pki.ca_file))["logins"].as_u64().unwrap();
+    let revoke = || fake.revoke(Some(&pki.ca_file));
     lifecycle(&pki, config(secret("s3cret")), &env, &proxy, &logins, Some(&revoke));
 }
 
 #[test]
 fn keysecure_on_its_documented_api() {
     let pki = Pki::new();
-    let fake = Fake::start("keysecure", Some(&pki), &["--secret", "refresh-1"]);
+    let fake = fake("keysecure", Some(&pki), &["--secret", "refresh-1"]);
     let proxy = Proxy::start(fake.port);
     let config = |token: &str| {
         KeystoreConfig::KeySecure(Box::new(KeySecureConfig {
@@ -408,8 +376,8 @@ fn keysecure_on_its_documented_api() {
     };
     let err = kes_adapters::store::open(&config("wrong")).err().unwrap();
     assert!(err.contains("NCERRAuthFailed"), "{err}");
-    let logins = || fake.stats(Some(&pki))["logins"].as_u64().unwrap();
-    let revoke = || fake.revoke(Some(&pki));
+    let logins = || fake.stats(Some(&pki.ca_file))["logins"].as_u64().unwrap();
+    let revoke = || fake.revoke(Some(&pki.ca_file));
     lifecycle(&pki, config("refresh-1"), &|_| None, &proxy, &logins, Some(&revoke));
 }
 
@@ -417,7 +385,7 @@ fn keysecure_on_its_documented_api() {
 fn fortanix_on_its_documented_api() {
     let pki = Pki::new();
     let api_key = b64(b"app-1:app-secret");
-    let fake = Fake::start("fortanix", Some(&pki), &["--secret", &api_key]);
+    let fake = fake("fortanix", Some(&pki), &["--secret", &api_key]);
     let proxy = Proxy::start(fake.port);
     let config = |key: &str| {
         KeystoreConfig::Fortanix(Box::new(FortanixConfig {
@@ -429,15 +397,15 @@ fn fortanix_on_its_documented_api() {
     };
     let err = kes_adapters::store::open(&config("d3Jvbmc=")).err().unwrap();
     assert!(err.contains("invalid API key"), "{err}");
-    let logins = || fake.stats(Some(&pki))["logins"].as_u64().unwrap();
-    let revoke = || fake.revoke(Some(&pki));
+    let logins = || fake.stats(Some(&pki.ca_file))["logins"].as_u64().unwrap();
+    let revoke = || fake.revoke(Some(&pki.ca_file));
     lifecycle(&pki, config(&api_key), &|_| None, &proxy, &logins, Some(&revoke));
 }
 
 #[test]
 fn entrust_keycontrol_on_its_documented_api() {
     let pki = Pki::new();
-    let fake = Fake::start(
+    let fake = fake(
         "entrust",
         Some(&pki),
         &["--vault-id", "vault-1", "--box-id", "box-1", "--client-id", "kes", "--secret", "pa55"],
@@ -457,8 +425,8 @@ fn entrust_keycontrol_on_its_documented_api() {
     assert!(err.contains("Invalid credentials"), "{err}");
     let err = kes_adapters::store::open(&config("pa55", "box-2")).err().unwrap();
     assert!(err.contains("Box not found"), "{err}");
-    let logins = || fake.stats(Some(&pki))["logins"].as_u64().unwrap();
-    let revoke = || fake.revoke(Some(&pki));
+    let logins = || fake.stats(Some(&pki.ca_file))["logins"].as_u64().unwrap();
+    let revoke = || fake.revoke(Some(&pki.ca_file));
     lifecycle(&pki, config("pa55", "box-1"), &|_| None, &proxy, &logins, Some(&revoke));
 }
 
@@ -470,14 +438,14 @@ fn entrust_keycontrol_on_its_documented_api() {
 /// passing it to drongo, so a stale or missing token fails the test.
 #[test]
 fn gcp_application_default_credentials() {
-    let (_drongo, port) = start_drongo();
+    let (_drongo, port) = kes_testkit::start_drongo();
     let dir = tempdir("gcp-adc");
     let subject = dir.join("subject-token");
     std::fs::write(&subject, "eyJhbGciOiJSUzI1NiJ9.subject-1.sig").unwrap();
     let aud =
         "//iam.googleapis.com/projects/1/locations/global/workloadIdentityPools/kes/providers/k8s";
     let upstream = format!("http://127.0.0.1:{port}");
-    let fake = Fake::start_with_ttl(
+    let fake = fake_ttl(
         "gcp-adc",
         4,
         &["--upstream", &upstream, "--aud", aud, "--token-file", subject.to_str().unwrap()],
@@ -506,12 +474,8 @@ fn gcp_application_default_credentials() {
     };
 
     // The metadata server refuses a request without Metadata-Flavor.
-    let out = Command::new("curl")
-        .args(["-s", "-o", "/dev/null", "-w", "%{http_code}"])
-        .arg(format!("{}/computeMetadata/v1/instance/service-accounts/default/token", fake.url()))
-        .output()
-        .unwrap();
-    assert_eq!(String::from_utf8_lossy(&out.stdout), "403");
+    let url = format!("{}/computeMetadata/v1/instance/service-accounts/default/token", fake.url());
+    assert_eq!(kes_testkit::http_code(&url), "403");
 
     // 1. The metadata server, at GCE_METADATA_HOST.
     let host = format!("127.0.0.1:{}", fake.port);

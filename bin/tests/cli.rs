@@ -1,29 +1,12 @@
 //! The `kes` binary as a user runs it: config files, flags, `--dev`.
 
 use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
-fn tempdir(tag: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("kes-cli-{tag}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
-
-/// Writes `<name>.cert`/`<name>.key` (self-signed, SAN localhost/127.0.0.1)
-/// and returns the identity.
-fn cert(dir: &Path, name: &str) -> String {
-    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
-    let params =
-        rcgen::CertificateParams::new(vec!["localhost".into(), "127.0.0.1".into()]).unwrap();
-    let cert = params.self_signed(&key).unwrap();
-    std::fs::write(dir.join(format!("{name}.cert")), cert.pem()).unwrap();
-    std::fs::write(dir.join(format!("{name}.key")), key.serialize_pem()).unwrap();
-    kes_core::Identity::from_certificate(cert.der()).unwrap().to_string()
-}
+use kes_testkit::{cert, tempdir};
 
 struct Running {
     child: Child,

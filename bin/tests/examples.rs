@@ -7,23 +7,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use kes_testkit::{cert_with_sans, free_port, python, tempdir, wait_port, Fake, FakeOptions};
+
 fn examples() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples")
-}
-
-fn tempdir(tag: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("kes-example-{tag}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
-
-fn cert(dir: &Path, name: &str, sans: Vec<String>) -> String {
-    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
-    let cert = rcgen::CertificateParams::new(sans).unwrap().self_signed(&key).unwrap();
-    std::fs::write(dir.join(format!("{name}.cert")), cert.pem()).unwrap();
-    std::fs::write(dir.join(format!("{name}.key")), key.serialize_pem()).unwrap();
-    kes_core::Identity::from_certificate(cert.der()).unwrap().to_string()
 }
 
 fn curl(dir: &Path, who: &str, method: &str, url: &str) -> String {
@@ -86,18 +73,6 @@ fn start_example(
     panic!("{file}: no listening line: {seen:#?}");
 }
 
-fn python() -> String {
-    std::env::var("KES_TEST_PYTHON").unwrap_or_else(|_| "python3".into())
-}
-
-fn wait_port(port: u16) {
-    let started = std::time::Instant::now();
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(started.elapsed() < Duration::from_secs(30), "port {port} never opened");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 /// examples/vault.yml starts a server against a real OpenBao (dev mode)
 /// set up as the README says, and serves MinIO's calls.
 #[test]
@@ -153,9 +128,9 @@ fn example_vault_config_starts_a_working_server() {
     }
     let dir = tempdir("vault");
     std::fs::create_dir_all(dir.join("etc")).unwrap();
-    cert(&dir.join("etc"), "server", vec!["localhost".into(), "127.0.0.1".into()]);
-    let admin = cert(&dir, "admin", vec![]);
-    let minio = cert(&dir, "minio", vec![]);
+    cert_with_sans(&dir.join("etc"), "server", vec!["localhost".into(), "127.0.0.1".into()]);
+    let admin = cert_with_sans(&dir, "admin", vec![]);
+    let minio = cert_with_sans(&dir, "minio", vec![]);
     let (mut kes, kes_url, seen) = start_example(
         &dir,
         "vault.yml",
@@ -193,9 +168,9 @@ fn example_aws_config_starts_a_working_server() {
     wait_port(port);
     let dir = tempdir("aws");
     std::fs::create_dir_all(dir.join("etc")).unwrap();
-    cert(&dir.join("etc"), "server", vec!["localhost".into(), "127.0.0.1".into()]);
-    let admin = cert(&dir, "admin", vec![]);
-    let minio = cert(&dir, "minio", vec![]);
+    cert_with_sans(&dir.join("etc"), "server", vec!["localhost".into(), "127.0.0.1".into()]);
+    let admin = cert_with_sans(&dir, "admin", vec![]);
+    let minio = cert_with_sans(&dir, "minio", vec![]);
     let (mut kes, kes_url, seen) = start_example(
         &dir,
         "aws.yml",
@@ -221,9 +196,9 @@ fn example_aws_config_starts_a_working_server() {
 fn example_config_starts_a_working_server() {
     let dir = tempdir("config");
     std::fs::create_dir_all(dir.join("etc")).unwrap();
-    cert(&dir.join("etc"), "server", vec!["localhost".into(), "127.0.0.1".into()]);
-    let admin = cert(&dir, "admin", vec![]);
-    let minio = cert(&dir, "minio", vec![]);
+    cert_with_sans(&dir.join("etc"), "server", vec!["localhost".into(), "127.0.0.1".into()]);
+    let admin = cert_with_sans(&dir, "admin", vec![]);
+    let minio = cert_with_sans(&dir, "minio", vec![]);
     let env = [("KES_ADMIN_IDENTITY", admin), ("MINIO_IDENTITY", minio)];
     let (child, url, seen) = start_example(&dir, "config.yml", &[], &env);
     assert!(seen.iter().all(|l| !l.contains("unknown key")), "{seen:#?}");
@@ -275,34 +250,20 @@ fn example_systemd_unit_verifies() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
-/// A store fake from adapters/tests/fakes/stores.py (or drongo), killed on drop.
-struct Fake(std::process::Child);
-
-impl Drop for Fake {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
+/// A stand-in from kes-testkit's fakes/stores.py on `port`, speaking HTTPS
+/// with `etc`'s server certificate when given.
 fn fake(kind: &str, port: u16, tls: Option<&Path>, args: &[&str]) -> Fake {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../adapters/tests/fakes/stores.py");
-    let mut cmd = Command::new(python());
-    cmd.arg(script).args([kind, &port.to_string()]);
-    if let Some(etc) = tls {
-        cmd.arg("--cert").arg(etc.join("server.cert")).arg("--key").arg(etc.join("server.key"));
-    }
-    let child = cmd.args(args).stdout(Stdio::null()).spawn().expect("python3 runs the fakes");
-    wait_port(port);
-    Fake(child)
+    let (cert, key) = tls.map(|etc| (etc.join("server.cert"), etc.join("server.key"))).unzip();
+    let tls = cert.as_deref().zip(key.as_deref());
+    Fake::start(kind, FakeOptions { port: Some(port), tls, ttl: None }, args)
 }
 
 /// Starts `kes server` on examples/`file` (its store pointed at a fake
 /// by `extra`), checks MinIO's calls work, then moves the v0.24 key
 /// vectors fs -> the store -> fs with `kes migrate`: byte for byte.
 fn store_example(dir: &Path, file: &str, extra: &[(&str, String)], mut env: Vec<(&str, String)>) {
-    let admin = cert(dir, "admin", vec![]);
-    let minio = cert(dir, "minio", vec![]);
+    let admin = cert_with_sans(dir, "admin", vec![]);
+    let minio = cert_with_sans(dir, "minio", vec![]);
     env.push(("KES_ADMIN_IDENTITY", admin));
     env.push(("MINIO_IDENTITY", minio));
     let (mut kes, url, seen) = start_example(dir, file, extra, &env);
@@ -354,14 +315,14 @@ fn store_dir(tag: &str) -> (PathBuf, PathBuf) {
     let dir = tempdir(tag);
     let etc = dir.join("etc");
     std::fs::create_dir_all(&etc).unwrap();
-    cert(&etc, "server", vec!["localhost".into(), "127.0.0.1".into()]);
+    cert_with_sans(&etc, "server", vec!["localhost".into(), "127.0.0.1".into()]);
     (dir, etc)
 }
 
 #[test]
 fn example_keysecure_fortanix_entrust_configs_work() {
     let (dir, etc) = store_dir("keysecure");
-    let port = free();
+    let port = free_port();
     let _f = fake("keysecure", port, Some(&etc), &["--secret", "refresh-1"]);
     std::fs::copy(etc.join("server.cert"), etc.join("keysecure-ca.cert")).unwrap();
     let url = [("https://ciphertrust.example.com", format!("https://localhost:{port}"))];
@@ -373,7 +334,7 @@ fn example_keysecure_fortanix_entrust_configs_work() {
     );
 
     let (dir, etc) = store_dir("fortanix");
-    let port = free();
+    let port = free_port();
     let _f = fake("fortanix", port, Some(&etc), &["--secret", "YXBwOmtleQ=="]);
     std::fs::copy(etc.join("server.cert"), etc.join("fortanix-ca.cert")).unwrap();
     let url = [("https://sdkms.fortanix.com", format!("https://localhost:{port}"))];
@@ -381,7 +342,7 @@ fn example_keysecure_fortanix_entrust_configs_work() {
     store_example(&dir, "fortanix.yml", &url, env);
 
     let (dir, etc) = store_dir("entrust");
-    let port = free();
+    let port = free_port();
     let args = ["--vault-id", "v1", "--box-id", "kes", "--client-id", "kes", "--secret", "pa55"];
     let _f = fake("entrust", port, Some(&etc), &args);
     std::fs::copy(etc.join("server.cert"), etc.join("keycontrol-ca.cert")).unwrap();
@@ -393,7 +354,7 @@ fn example_keysecure_fortanix_entrust_configs_work() {
 #[test]
 fn example_azure_config_works() {
     let (dir, etc) = store_dir("azure");
-    let port = free();
+    let port = free_port();
     let args = ["--tenant", "t1", "--client-id", "app", "--client-secret", "s3cret"];
     let _f = fake("azure", port, Some(&etc), &args);
     let url = [("https://my-vault.vault.azure.net", format!("https://localhost:{port}"))];
@@ -410,30 +371,9 @@ fn example_azure_config_works() {
 #[test]
 fn example_gcp_config_works() {
     let (dir, _) = store_dir("gcp");
-    let key = dir.join("sa.pem");
-    let ok = Command::new("openssl")
-        .args(["genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048", "-out"])
-        .arg(&key)
-        .output()
-        .unwrap();
-    assert!(ok.status.success(), "{ok:?}");
-    let out = Command::new("openssl")
-        .args(["rsa", "-noout", "-modulus", "-in"])
-        .arg(&key)
-        .output()
-        .unwrap();
-    let modulus =
-        String::from_utf8(out.stdout).unwrap().trim().trim_start_matches("Modulus=").to_owned();
-    let (api, tok) = (free(), free());
-    let drongo = Path::new(&python()).with_file_name("drongo");
-    let child = Command::new(if drongo.exists() { drongo } else { "drongo".into() })
-        .args(["server", "--host", "127.0.0.1", "--port", &api.to_string()])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("drongo is required: pip install drongo (scripts/test.sh does)");
-    let _drongo = Fake(child);
-    wait_port(api);
+    let (key, modulus) = kes_testkit::gcp_service_account_key(&dir);
+    let (_drongo, api) = kes_testkit::start_drongo();
+    let tok = free_port();
     let aud = format!("http://127.0.0.1:{tok}/token");
     let email = "kes@my-project.iam.gserviceaccount.com";
     let args = ["--modulus", &modulus, "--key-id", "k1", "--email", email, "--aud", &aud];
@@ -454,8 +394,4 @@ fn example_gcp_config_works() {
         ("GCP_PRIVATE_KEY", std::fs::read_to_string(&key).unwrap()),
     ];
     store_example(&dir, "gcp.yml", &extra, env);
-}
-
-fn free() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }

@@ -21,14 +21,8 @@ fn setup(tag: &str, edit: impl FnOnce(&mut Config)) -> Setup {
 
 /// A server whose certificate names `sans`, with a fresh admin API key.
 fn setup_with(tag: &str, sans: &[&str], edit: impl FnOnce(&mut Config)) -> Setup {
-    let dir = std::env::temp_dir().join(format!("kes-client-{tag}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
-    let sans: Vec<String> = sans.iter().map(|s| s.to_string()).collect();
-    let cert = rcgen::CertificateParams::new(sans).unwrap().self_signed(&key).unwrap();
-    std::fs::write(dir.join("server.cert"), cert.pem()).unwrap();
-    std::fs::write(dir.join("server.key"), key.serialize_pem()).unwrap();
+    let dir = kes_testkit::tempdir(&format!("client-{tag}"));
+    kes_testkit::cert_with_sans(&dir, "server", sans.iter().map(|s| s.to_string()).collect());
     let admin = ApiKey::generate();
     let mut config = Config::empty();
     config.admin = AdminSetting::Identity(admin.identity().unwrap());

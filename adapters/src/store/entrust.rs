@@ -15,10 +15,10 @@ use kes_core::{Command, StoreError, StoreReply, UnixTime};
 use serde_json::{json, Value};
 use zeroize::Zeroizing;
 
+use super::contract::{Remote, RemoteStore};
 use super::rest::{
     encode, failure_from, grant, request, take_string, Connected, Grant, Rest, Token,
 };
-use super::{Remote, RemoteStore};
 use crate::https::{HttpRequest, HttpResponse};
 
 /// Listing page size and the most pages followed.

@@ -12,7 +12,7 @@ use std::time::Instant;
 use kes_core::crypto::SecretBytes;
 use kes_core::{Command, StoreError, StoreReply};
 
-use super::KeyStore;
+use super::contract::KeyStore;
 
 /// Largest key file read (KES: 1 MiB).
 const MAX_FILE: u64 = 1 << 20;

@@ -12,8 +12,8 @@ use kes_core::{Command, StoreError, StoreReply};
 use serde_json::{json, Value};
 use zeroize::Zeroizing;
 
+use super::contract::{Remote, RemoteStore};
 use super::rest::{failure_from, grant, request, take_string, Connected, Grant, Rest, Token};
-use super::{Remote, RemoteStore};
 use crate::https::{HttpRequest, HttpResponse};
 
 const SECRETS: &str = "/api/v1/vault/secrets";

@@ -7,7 +7,7 @@ use std::time::Duration;
 use kes_core::crypto::SecretBytes;
 use kes_core::{Command, StoreError, StoreReply};
 
-use super::KeyStore;
+use super::contract::KeyStore;
 
 /// Keys in a map; the default when no store is configured, and `--dev`.
 #[derive(Default)]

@@ -121,7 +121,7 @@ pub fn transient(status: u16) -> bool {
 /// A store opened by one of the REST stores' `connect`.
 pub struct Connected {
     /// The store, ready for the server.
-    pub store: Arc<dyn super::KeyStore>,
+    pub store: Arc<dyn super::contract::KeyStore>,
     /// Whether it speaks plain HTTP (credentials and keys in the clear).
     pub plaintext: bool,
     /// Where its credentials came from, when the store looked them up

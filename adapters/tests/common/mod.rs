@@ -6,7 +6,6 @@
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,17 +16,6 @@ use kes_core::config::AdminSetting;
 use kes_core::{Config, Identity};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
-
-static COUNTER: AtomicU32 = AtomicU32::new(0);
-
-/// A fresh, empty temp directory.
-pub fn tempdir(tag: &str) -> PathBuf {
-    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    let d = std::env::temp_dir().join(format!("kes-e2e-{tag}-{}-{n}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
 
 /// A test CA, the server's certificate, and files for them.
 pub struct Pki {
@@ -384,11 +372,6 @@ pub fn read_stream_head(s: &mut Tls) -> std::io::Result<u16> {
     Ok(head.split(' ').nth(1).unwrap().parse().unwrap())
 }
 
-/// A free loopback port (bound and released).
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
 /// A real nginx (Debian's nginx-light) terminating client TLS in front of a
 /// kes server and forwarding the client certificate as `X-Tls-Client-Cert`,
 /// authenticated to kes as `proxy`. Stopped on drop.
@@ -475,93 +458,25 @@ impl Drop for Nginx {
     }
 }
 
-// --- Store stand-ins (tests/fakes/stores.py) ------------------------------
+// --- Store stand-ins and launchers: kes-testkit --------------------------
 
-/// Token lifetime the fakes grant: short, so the tests see refreshes.
+#[allow(unused_imports)] // each test crate uses some
+pub use kes_testkit::{free_port, python, tempdir, wait, wait_port, Fake, FakeOptions, Proc};
+
+/// Lifetime of the tokens the stand-ins grant: short, so the tests see
+/// refreshes.
 pub const TTL: u64 = 3;
 
-pub fn python() -> String {
-    std::env::var("KES_TEST_PYTHON").unwrap_or_else(|_| "python3".into())
+/// A stand-in from kes-testkit's fakes/stores.py, speaking HTTPS with the
+/// test CA when `pki` is given.
+pub fn fake(kind: &str, pki: Option<&Pki>, args: &[&str]) -> Fake {
+    let tls = pki.map(|p| (p.server_cert.as_path(), p.server_key.as_path()));
+    Fake::start(kind, FakeOptions { tls, ttl: Some(TTL), ..Default::default() }, args)
 }
 
-pub fn fake_script() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fakes/stores.py")
-}
-
-pub fn wait_port(port: u16) {
-    let started = std::time::Instant::now();
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(started.elapsed() < Duration::from_secs(30), "port {port} never opened");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-/// A child process killed on drop.
-pub struct Proc(pub std::process::Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// One fake from tests/fakes/stores.py on a free port.
-pub struct Fake {
-    _proc: Proc,
-    pub port: u16,
-    tls: bool,
-}
-
-impl Fake {
-    pub fn start(kind: &str, pki: Option<&Pki>, args: &[&str]) -> Self {
-        Self::start_ttl(kind, pki, TTL, args)
-    }
-
-    /// A plain-HTTP stand-in whose tokens or keys live `ttl` seconds.
-    pub fn start_with_ttl(kind: &str, ttl: u64, args: &[&str]) -> Self {
-        Self::start_ttl(kind, None, ttl, args)
-    }
-
-    fn start_ttl(kind: &str, pki: Option<&Pki>, ttl: u64, args: &[&str]) -> Self {
-        let port = free_port();
-        let mut cmd = std::process::Command::new(python());
-        cmd.arg(fake_script()).args([kind, &port.to_string(), "--ttl", &ttl.to_string()]);
-        if let Some(pki) = pki {
-            cmd.arg("--cert").arg(&pki.server_cert).arg("--key").arg(&pki.server_key);
-        }
-        let child = cmd
-            .args(args)
-            .stdout(std::process::Stdio::null())
-            .spawn()
-            .expect("python3 runs the fakes");
-        wait_port(port);
-        Self { _proc: Proc(child), port, tls: pki.is_some() }
-    }
-
-    pub fn url(&self) -> String {
-        format!("{}://localhost:{}", if self.tls { "https" } else { "http" }, self.port)
-    }
-
-    /// `GET /_fake/stats`, over curl (the fake may speak TLS with the test CA).
-    pub fn stats(&self, pki: Option<&Pki>) -> serde_json::Value {
-        self.admin(pki, "GET", "stats")
-    }
-
-    /// Invalidates every token the fake issued.
-    pub fn revoke(&self, pki: Option<&Pki>) {
-        self.admin(pki, "POST", "revoke");
-    }
-
-    pub fn admin(&self, pki: Option<&Pki>, method: &str, what: &str) -> serde_json::Value {
-        let mut cmd = std::process::Command::new("curl");
-        cmd.args(["-sS", "-X", method]);
-        if let Some(pki) = pki {
-            cmd.arg("--cacert").arg(&pki.ca_file);
-        }
-        let out = cmd.arg(format!("{}/_fake/{what}", self.url())).output().unwrap();
-        serde_json::from_slice(&out.stdout).unwrap_or_else(|_| panic!("{out:?}"))
-    }
+/// A plain-HTTP stand-in whose tokens or keys live `ttl` seconds.
+pub fn fake_ttl(kind: &str, ttl: u64, args: &[&str]) -> Fake {
+    Fake::start(kind, FakeOptions { ttl: Some(ttl), ..Default::default() }, args)
 }
 
 /// A store's listing: how many names, or the error as text.

@@ -1,54 +1,23 @@
 //! From a request to its handler: route on the raw path, check the method,
 //! authenticate and authorize, then call the one handler of the route's
-//! operation. Every handler has the same shape ([`Handler`]), so adding a
-//! route is a row in [`ROUTES`] and a handler in its family's module, named
-//! in [`handler`].
+//! operation. Every handler has the same shape ([`Handler`], in
+//! [`super::call`], which the handler modules import, so the arrows run from
+//! here to them and not back), so adding a route is a row in [`ROUTES`] and
+//! a handler in its family's module, named in [`handler`].
 
 use std::borrow::Cow;
-use std::time::Instant;
 
 use http::StatusCode;
 use rand_core::CryptoRngCore;
 use zeroize::Zeroizing;
 
-use super::{enclaves, identities, keys, logs, policies, status, Ctx, Parked, RequestId, Server};
+use super::call::{Call, Handler};
+use super::{enclaves, identities, keys, logs, policies, status, Ctx, RequestId, Server};
 use crate::api::route::{self, percent_decode, RouteMatch};
 use crate::api::{ApiError, Auth, Op, Request, Response, Route, ROUTES};
 use crate::identity::Caller;
 use crate::policy::Refusal;
 use crate::time::Now;
-
-/// One routed and authorized request, as its handler gets it.
-pub(super) struct Call<'a> {
-    /// Where the response goes.
-    pub id: RequestId,
-    /// What the audit record needs.
-    pub ctx: &'a Ctx,
-    /// The operation (several ops share a handler).
-    pub op: Op,
-    /// The percent-decoded rest of the path after the route: a key, policy
-    /// or identity name, or a list pattern. Not validated yet.
-    pub resource: &'a str,
-    /// The body; it may hold a plaintext or a key, so it is wiped on drop.
-    pub body: Zeroizing<Vec<u8>>,
-    /// When a request parked on the store times out.
-    pub deadline: Option<Instant>,
-    /// The time handed in with the request.
-    pub now: Now,
-    /// Randomness for keys, nonces and data keys.
-    pub rng: &'a mut dyn CryptoRngCore,
-}
-
-impl Call<'_> {
-    /// The parts a request parked on the store keeps.
-    pub(super) fn parked(&self) -> Parked<'_> {
-        Parked { id: self.id, ctx: self.ctx, deadline: self.deadline }
-    }
-}
-
-/// What every handler is: it answers with [`Server::finish`] (at once) or
-/// [`Server::issue`] (after the store), or fails with an error response.
-pub(super) type Handler = fn(&mut Server, Call<'_>) -> Result<(), ApiError>;
 
 /// The handler of each operation.
 fn handler(op: Op) -> Handler {

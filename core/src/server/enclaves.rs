@@ -1,7 +1,7 @@
 //! KES v0.19's enclave routes: accepted for the admin so that the seed-era
 //! CLI gets a clear answer, but enclaves are not supported.
 
-use super::dispatch::Call;
+use super::call::Call;
 use super::Server;
 use crate::api::{ApiError, Op};
 use crate::name::{valid_name, NameError};

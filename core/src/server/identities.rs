@@ -7,7 +7,7 @@ use http::StatusCode;
 use serde_json::{json, Map, Value};
 
 use super::args::identity_arg;
-use super::dispatch::Call;
+use super::call::Call;
 use super::policies::{insert_pattern_objects, patterns};
 use super::Server;
 use crate::api::wire::{JSON, NDJSON};

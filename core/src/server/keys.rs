@@ -6,7 +6,7 @@ use http::StatusCode;
 use serde_json::{json, Value};
 
 use super::args::{fields, key_name, key_ref, unb64};
-use super::dispatch::Call;
+use super::call::Call;
 use super::keyops::KeyOp;
 use super::rotation::RingOp;
 use super::{Parked, Pending, RequestId, Server};

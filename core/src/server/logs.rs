@@ -3,7 +3,7 @@
 
 use http::StatusCode;
 
-use super::dispatch::Call;
+use super::call::Call;
 use super::Server;
 use crate::api::wire::{LogStream, NDJSON};
 use crate::api::{ApiError, Op, Response};

@@ -10,6 +10,7 @@
 //! - [`args`]: reading names and body fields.
 
 mod args;
+mod call;
 mod dispatch;
 mod enclaves;
 mod identities;

@@ -6,7 +6,7 @@ use http::StatusCode;
 use serde_json::{json, Map, Value};
 
 use super::args::policy_name;
-use super::dispatch::Call;
+use super::call::Call;
 use super::Server;
 use crate::api::wire::{self, NDJSON};
 use crate::api::{ApiError, Op, Response};

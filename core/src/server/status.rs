@@ -6,7 +6,7 @@ use std::time::Duration;
 use http::StatusCode;
 use serde_json::{json, Value};
 
-use super::dispatch::Call;
+use super::call::Call;
 use super::{Pending, RequestId, Server, VERSION};
 use crate::api::{ApiError, Response, ROUTES};
 use crate::config::ApiCompat;

@@ -15,7 +15,7 @@ use kes_core::config::AwsConfig;
 use kes_core::{Command, StoreError, StoreReply};
 use zeroize::Zeroizing;
 
-use super::{Remote, RemoteStore};
+use super::contract::{Remote, RemoteStore};
 use crate::https::{HttpError, HttpRequest, HttpResponse, HttpsClient};
 
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);

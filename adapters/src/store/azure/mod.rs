@@ -17,8 +17,8 @@ use kes_core::crypto::SecretBytes;
 use kes_core::{Command, StoreError, StoreReply};
 use zeroize::Zeroizing;
 
+use super::contract::{Remote, RemoteStore};
 use super::rest::{encode, request, url_origin, url_path, Connected, Grant, Rest, Token};
-use super::{Remote, RemoteStore};
 use crate::https::{HttpRequest, HttpResponse};
 
 const AUTHORITY: &str = "https://login.microsoftonline.com/";

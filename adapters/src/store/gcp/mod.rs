@@ -14,8 +14,8 @@ use kes_core::config::GcpConfig;
 use kes_core::{Command, StoreError, StoreReply};
 use zeroize::Zeroizing;
 
+use super::contract::{Remote, RemoteStore};
 use super::rest::{request, Connected, Grant, Rest, Token};
-use super::{Remote, RemoteStore};
 
 /// Listing page size and the most pages followed.
 const PAGE: usize = 250;

@@ -28,7 +28,7 @@ use kes_core::crypto::SecretBytes;
 use kes_core::{Command, StoreError, StoreReply};
 use zeroize::Zeroizing;
 
-use super::{Remote, RemoteStore};
+use super::contract::{Remote, RemoteStore};
 use crate::https::{HttpError, HttpRequest, HttpResponse, HttpsClient};
 use proto::Paths;
 use token::{Action, TokenLife};

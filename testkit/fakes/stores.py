@@ -404,19 +404,27 @@ def entrust(h, method, path, q):
     h.reply(404, {"error": "Unknown operation"})
 
 
+# --- Switchable failure and counters for the credential stand-ins -------
+
+def counted(kind):
+    with LOCK:
+        STATS[kind] = STATS.get(kind, 0) + 1
+
+
+def failed_on_purpose(h, body):
+    """While POST /_fake/fail?on=1 holds: answer 500 with `body`, count it."""
+    if AWS["fail"]:
+        counted("failed")
+        h.reply(500, body)
+        return True
+    return False
+
+
 # --- GCP: Application Default Credentials' token sources -----------------
 
 def gcp_adc(h, method, path, q):
-    def count(kind):
-        with LOCK:
-            STATS[kind] = STATS.get(kind, 0) + 1
-
-    def failing():
-        if AWS["fail"]:
-            count("failed")
-            h.reply(500, {"error": {"code": 500, "status": "INTERNAL", "message": "failing on purpose"}})
-            return True
-        return False
+    count = counted
+    failing = lambda: failed_on_purpose(h, {"error": {"code": 500, "status": "INTERNAL", "message": "failing on purpose"}})
 
     if path == "/computeMetadata/v1/instance/service-accounts/default/token":
         if h.headers.get("Metadata-Flavor") != "Google":
@@ -486,16 +494,8 @@ def moto_credentials():
 
 
 def aws_creds(h, method, path, q):
-    def count(kind):
-        with LOCK:
-            STATS[kind] = STATS.get(kind, 0) + 1
-
-    def failing():
-        if AWS["fail"]:
-            count("failed")
-            h.reply(500, {"message": "failing on purpose"})
-            return True
-        return False
+    count = counted
+    failing = lambda: failed_on_purpose(h, {"message": "failing on purpose"})
 
     if path == "/_fake/stats":
         return h.reply(200, STATS)
