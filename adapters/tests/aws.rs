@@ -9,8 +9,6 @@ mod common;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use base64::engine::general_purpose::STANDARD;
-use base64::Engine;
 use common::*;
 use kes_core::config::{AwsConfig, AwsCredentials, KeystoreConfig, Secret};
 use serde_json::{json, Value};
@@ -113,25 +111,11 @@ impl Drop for Moto {
     }
 }
 
-fn b64(b: &[u8]) -> String {
-    STANDARD.encode(b)
-}
-
 #[test]
 fn secrets_manager_with_signature_checking() {
     let moto = Moto::start();
     let (pki, admin, server, c) = admin_server(|cfg| cfg.keystore = moto.config(&moto.secret));
-    assert_eq!(c.call("PUT", "/v1/key/create/k1", b"").unwrap().status, 200);
-    let r = c.call("PUT", "/v1/key/create/k1", b"").unwrap();
-    assert_eq!((r.status, r.json()["message"].clone()), (400, json!("key already exists")));
-    let r = c.json("PUT", "/v1/key/import/k2", json!({"key": b64(&[3; 32]), "cipher": "AES256"}));
-    assert_eq!(r.status, 200, "{}", r.text());
-    let dek = c.json("PUT", "/v1/key/generate/k1", json!({"context": b64(b"ctx")})).json();
-    let dec = json!({"ciphertext": dek["ciphertext"], "context": b64(b"ctx")});
-    assert_eq!(
-        c.json("PUT", "/v1/key/decrypt/k1", dec.clone()).json()["plaintext"],
-        dek["plaintext"]
-    );
+    let (dek, dec) = create_import_generate_decrypt(&c, [3; 32]);
 
     // More than one page of secrets (100 per page): every page is walked.
     for i in 0..120 {

@@ -146,17 +146,7 @@ fn lifecycle(
     assert!(first_logins >= 1, "logged in at start-up");
 
     // Create, create again, import, generate, decrypt.
-    assert_eq!(c.call("PUT", "/v1/key/create/k1", b"").unwrap().status, 200);
-    let r = c.call("PUT", "/v1/key/create/k1", b"").unwrap();
-    assert_eq!((r.status, r.json()["message"].clone()), (400, json!("key already exists")));
-    let r = c.json("PUT", "/v1/key/import/k2", json!({"key": b64(&[7; 32]), "cipher": "AES256"}));
-    assert_eq!(r.status, 200, "{}", r.text());
-    let dek = c.json("PUT", "/v1/key/generate/k1", json!({"context": b64(b"ctx")})).json();
-    let dec = json!({"ciphertext": dek["ciphertext"], "context": b64(b"ctx")});
-    assert_eq!(
-        c.json("PUT", "/v1/key/decrypt/k1", dec.clone()).json()["plaintext"],
-        dek["plaintext"]
-    );
+    create_import_generate_decrypt(&c, [7; 32]);
     let dek2 = c.json("PUT", "/v1/key/generate/k2", json!({})).json();
     let dec2 = json!({"ciphertext": dek2["ciphertext"]});
 

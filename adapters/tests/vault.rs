@@ -144,21 +144,10 @@ path "transit/decrypt/kes-wrap" { capabilities = ["update"] }
 
     fn config(&self, engine: &str, kv: KvVersion, role: &str, secret: &str) -> KeystoreConfig {
         KeystoreConfig::Vault(Box::new(VaultConfig {
-            endpoint: self.url.clone(),
             engine: engine.into(),
             kv,
-            namespace: String::new(),
-            prefix: "kes".into(),
-            auth: VaultAuth::AppRole {
-                engine: "approle".into(),
-                id: role.into(),
-                secret: Secret::new(secret.into()),
-                namespace: String::new(),
-            },
-            tls_cert: None,
             tls_ca: Some(self.ca.display().to_string()),
-            ping: Duration::from_secs(1),
-            transit: None,
+            ..kes_testkit::vault_approle(&self.url, role, secret)
         }))
     }
 }
@@ -637,24 +626,12 @@ cluster_addr = "https://127.0.0.1:{cluster}"
     });
 
     let keystore = KeystoreConfig::Vault(Box::new(VaultConfig {
-        endpoint: url.clone(),
-        engine: "kv".into(),
-        kv: KvVersion::V2,
-        namespace: String::new(),
-        prefix: "kes".into(),
-        auth: VaultAuth::AppRole {
-            engine: "approle".into(),
-            id: "r".into(),
-            secret: Secret::new("s".into()),
-            namespace: String::new(),
-        },
         tls_cert: Some((
             vault_client.cert_file.display().to_string(),
             vault_client.key_file.display().to_string(),
         )),
         tls_ca: Some(pki.ca_file.display().to_string()),
-        ping: Duration::from_secs(1),
-        transit: None,
+        ..kes_testkit::vault_approle(&url, "r", "s")
     }));
     let admin_id = pki.client("admin");
     let mut config = config_with_admin(&admin_id);

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use kes_adapters::{start, RunningServer, ServerOptions};
+use kes_adapters::RunningServer;
 use kes_client::{ApiKey, ClientBuilder, ClientError, Credentials};
 use kes_core::config::{AdminSetting, PolicyConfig};
 use kes_core::{Config, Identity};
@@ -27,23 +27,8 @@ fn setup_with(tag: &str, sans: &[&str], edit: impl FnOnce(&mut Config)) -> Setup
     let mut config = Config::empty();
     config.admin = AdminSetting::Identity(admin.identity().unwrap());
     edit(&mut config);
-    let auth = kes_adapters::tls::ClientAuth { verify: false, required: true };
-    let tls = kes_adapters::tls::server_config(
-        &dir.join("server.cert"),
-        &dir.join("server.key"),
-        None,
-        auth,
-        None,
-    )
-    .unwrap();
-    let server = start(ServerOptions {
-        config,
-        addr: "127.0.0.1:0".parse().unwrap(),
-        tls,
-        store: Arc::new(kes_adapters::store::MemStore::default()),
-        threads: 1,
-    })
-    .unwrap();
+    let store = Arc::new(kes_adapters::store::MemStore::default());
+    let server = kes_testkit::serve(&dir, config, store);
     let ca = dir.join("server.cert").to_str().unwrap().to_owned();
     std::fs::write(dir.join("admin.key.txt"), admin.secret_text().as_str()).unwrap();
     Setup { dir, server, ca }

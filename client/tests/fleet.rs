@@ -12,9 +12,9 @@ use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use kes_adapters::{start, RunningServer, ServerOptions};
+use kes_adapters::RunningServer;
 use kes_client::{ApiKey, ClientBuilder, ClientError, Credentials};
-use kes_core::config::{AdminSetting, KeystoreConfig, KvVersion, Secret, VaultAuth, VaultConfig};
+use kes_core::config::{AdminSetting, KeystoreConfig};
 use kes_core::Config;
 use kes_testkit::{bao_binary, free_port, wait};
 use serde_json::Value;
@@ -181,35 +181,10 @@ fn kes_node(dir: &Path, admin: &ApiKey, endpoint: String, any: Duration) -> Runn
     config.log.error = std::env::var_os("FLEET_DEBUG").is_some();
     config.cache.offline = Duration::from_secs(3600);
     config.cache.any = any;
-    config.keystore = KeystoreConfig::Vault(Box::new(VaultConfig {
-        endpoint,
-        engine: "kv".into(),
-        kv: KvVersion::V2,
-        namespace: String::new(),
-        prefix: "kes".into(),
-        auth: VaultAuth::AppRole {
-            engine: "approle".into(),
-            id: "fleet".into(),
-            secret: Secret::new("fleet".into()),
-            namespace: String::new(),
-        },
-        tls_cert: None,
-        tls_ca: None,
-        ping: Duration::from_secs(1),
-        transit: None,
-    }));
+    config.keystore =
+        KeystoreConfig::Vault(Box::new(kes_testkit::vault_approle(&endpoint, "fleet", "fleet")));
     let store = kes_adapters::store::open(&config.keystore).unwrap().store;
-    let auth = kes_adapters::tls::ClientAuth { verify: false, required: true };
-    let tls = kes_adapters::tls::server_config(
-        &dir.join("server.cert"),
-        &dir.join("server.key"),
-        None,
-        auth,
-        None,
-    )
-    .unwrap();
-    start(ServerOptions { config, addr: "127.0.0.1:0".parse().unwrap(), tls, store, threads: 1 })
-        .unwrap()
+    kes_testkit::serve(dir, config, store)
 }
 
 /// What the load saw.

@@ -1,11 +1,8 @@
 //! Any text as a config file: an error with a message, never a panic.
+//! The body is `kes_fuzz::config` (fuzz/src/bodies.rs), which the workspace's
+//! corpus replay test runs too.
 #![no_main]
 
-use kes_core::Config;
 use libfuzzer_sys::fuzz_target;
 
-fuzz_target!(|data: &[u8]| {
-    if let Ok(text) = std::str::from_utf8(data) {
-        let _ = Config::parse(text, &|name| (name == "SET").then(|| "value".to_owned()));
-    }
-});
+fuzz_target!(|data: &[u8]| kes_fuzz::config(data));

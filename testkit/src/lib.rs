@@ -203,3 +203,49 @@ impl Fake {
         serde_json::from_slice(&out.stdout).unwrap_or_else(|_| panic!("{out:?}"))
     }
 }
+
+/// A kes server in this process on a free port, with `dir/server.cert` and
+/// `dir/server.key` (from [`cert`]): client certificates required but not
+/// checked against a CA (identities come from policies, as with `kes
+/// server --auth off`), one executor thread.
+pub fn serve(
+    dir: &Path,
+    config: kes_core::Config,
+    store: std::sync::Arc<dyn kes_adapters::store::KeyStore>,
+) -> kes_adapters::RunningServer {
+    let auth = kes_adapters::tls::ClientAuth { verify: false, required: true };
+    let tls = kes_adapters::tls::server_config(
+        &dir.join("server.cert"),
+        &dir.join("server.key"),
+        None,
+        auth,
+        None,
+    )
+    .unwrap();
+    let addr = "127.0.0.1:0".parse().unwrap();
+    kes_adapters::start(kes_adapters::ServerOptions { config, addr, tls, store, threads: 1 })
+        .unwrap()
+}
+
+/// A Vault store section: K/V v2 at `kv`, prefix `kes`, AppRole login,
+/// health polled every second; no TLS settings.
+pub fn vault_approle(endpoint: &str, role: &str, secret: &str) -> kes_core::config::VaultConfig {
+    use kes_core::config::{KvVersion, Secret, VaultAuth, VaultConfig};
+    VaultConfig {
+        endpoint: endpoint.into(),
+        engine: "kv".into(),
+        kv: KvVersion::V2,
+        namespace: String::new(),
+        prefix: "kes".into(),
+        auth: VaultAuth::AppRole {
+            engine: "approle".into(),
+            id: role.into(),
+            secret: Secret::new(secret.into()),
+            namespace: String::new(),
+        },
+        tls_cert: None,
+        tls_ca: None,
+        ping: Duration::from_secs(1),
+        transit: None,
+    }
+}

@@ -487,3 +487,28 @@ pub fn store_list(store: &Arc<dyn KeyStore>) -> Result<usize, String> {
         Err(e) => Err(e.to_string()),
     }
 }
+
+/// The first steps every store's test takes through a server: create,
+/// create again (400 "key already exists"), import k2 from `imported`,
+/// generate with k1 and decrypt that. Returns the data key and its decrypt
+/// request body.
+pub fn create_import_generate_decrypt(
+    c: &Client,
+    imported: [u8; 32],
+) -> (serde_json::Value, serde_json::Value) {
+    use base64::Engine as _;
+    use serde_json::json;
+    let b64 = |b: &[u8]| base64::engine::general_purpose::STANDARD.encode(b);
+    assert_eq!(c.call("PUT", "/v1/key/create/k1", b"").unwrap().status, 200);
+    let r = c.call("PUT", "/v1/key/create/k1", b"").unwrap();
+    assert_eq!((r.status, r.json()["message"].clone()), (400, json!("key already exists")));
+    let r = c.json("PUT", "/v1/key/import/k2", json!({"key": b64(&imported), "cipher": "AES256"}));
+    assert_eq!(r.status, 200, "{}", r.text());
+    let dek = c.json("PUT", "/v1/key/generate/k1", json!({"context": b64(b"ctx")})).json();
+    let dec = json!({"ciphertext": dek["ciphertext"], "context": b64(b"ctx")});
+    assert_eq!(
+        c.json("PUT", "/v1/key/decrypt/k1", dec.clone()).json()["plaintext"],
+        dek["plaintext"]
+    );
+    (dek, dec)
+}
