@@ -418,10 +418,32 @@ fn client_commands_against_a_real_server() {
         (&info["version"], &info["min_version"]),
         (&serde_json::json!(2), &serde_json::json!(1))
     );
+    // Piped, the server's description passes through, versions included.
+    let versions: Vec<(u64, &str)> = info["versions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| (v["version"].as_u64().unwrap(), v["state"].as_str().unwrap()))
+        .collect();
+    assert_eq!(versions, [(1, "active"), (2, "active")], "{info}");
+    assert!(info["versions"][1]["created_at"].is_string(), "{info}");
+    // Rewrap: the ciphertext sealed under version 1, sealed again under 2.
+    let rewrapped: serde_json::Value =
+        serde_json::from_str(&ok(&["key", "rewrap", "my-key", ct, "Y3R4"])).unwrap();
+    let new_ct = rewrapped["ciphertext"].as_str().unwrap().to_owned();
+    assert_ne!(new_ct, ct);
     ok(&["key", "retire", "my-key", "2"]);
     let (code, _, err) = kes_client(&env, &["key", "decrypt", "my-key", ct, "Y3R4"]);
     assert_ne!(code, 0, "a retired version opens nothing");
     assert!(err.contains("failed to decrypt ciphertext"), "{err}");
+    let pt: serde_json::Value =
+        serde_json::from_str(&ok(&["key", "decrypt", "my-key", &new_ct, "Y3R4"])).unwrap();
+    assert_eq!(pt["plaintext"], dek["plaintext"], "the rewrapped ciphertext opens under version 2");
+    let info: serde_json::Value = serde_json::from_str(&ok(&["key", "info", "my-key"])).unwrap();
+    assert_eq!(info["versions"][0]["state"], "retired", "{info}");
+    let (code, _, err) = kes_client(&env, &["key", "rewrap", "my-key", "bm90IGEgY2lwaGVydGV4dA=="]);
+    assert_ne!(code, 0);
+    assert!(err.contains("failed to rewrap ciphertext"), "{err}");
     assert_eq!(ok(&["key", "purge", "my-key"]), "my-key: purged versions [1]\n");
     let (code, _, err) = kes_client(&env, &["key", "retire", "my-key", "1"]);
     assert_ne!(code, 0);

@@ -55,6 +55,8 @@ blocking! {
     fn import_key(name: &str, key: &[u8]) -> ();
     /// See [`crate::Client::describe_key`].
     fn describe_key(name: &str) -> KeyInfo;
+    /// See [`crate::Client::describe_key_json`].
+    fn describe_key_json(name: &str) -> Value;
     /// See [`crate::Client::delete_key`].
     fn delete_key(name: &str) -> ();
     /// See [`crate::Client::rotate_key`].

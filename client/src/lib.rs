@@ -180,6 +180,21 @@ pub struct KeyInfo {
     /// For a rotated key (key versions, an extension of KES): the newest
     /// version and the lowest one not retired.
     pub version: Option<(u32, u32)>,
+    /// For a rotated key: each version, oldest first.
+    pub versions: Vec<KeyVersion>,
+}
+
+/// One version of a rotated key, as the server describes it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KeyVersion {
+    /// Its number (1 is the key as created).
+    pub version: u32,
+    /// `active`, `retired` or `purged`.
+    pub state: String,
+    /// RFC 3339 creation time.
+    pub created_at: String,
+    /// Creator identity, if recorded.
+    pub created_by: Option<String>,
 }
 
 /// An async KES client; cheap to clone.
@@ -266,10 +281,20 @@ impl Client {
 
     /// A key's metadata.
     pub async fn describe_key(&self, name: &str) -> Result<KeyInfo, ClientError> {
-        let v = self
-            .transport
-            .json("GET", &format!("/v1/key/describe/{}", seg(name)), None, true)
-            .await?;
+        let v = self.describe_key_json(name).await?;
+        let versions = v["versions"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .map(|e| KeyVersion {
+                        version: e["version"].as_u64().unwrap_or(0) as u32,
+                        state: e["state"].as_str().unwrap_or_default().to_owned(),
+                        created_at: e["created_at"].as_str().unwrap_or_default().to_owned(),
+                        created_by: e["created_by"].as_str().map(str::to_owned),
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
         Ok(KeyInfo {
             name: v["name"].as_str().unwrap_or(name).to_owned(),
             algorithm: v["algorithm"].as_str().map(str::to_owned),
@@ -279,7 +304,14 @@ impl Client {
                 (Some(n), Some(m)) => Some((n as u32, m as u32)),
                 _ => None,
             },
+            versions,
         })
+    }
+
+    /// A key's description as the server answers it (for tools that pass
+    /// it on unchanged).
+    pub async fn describe_key_json(&self, name: &str) -> Result<Value, ClientError> {
+        self.transport.json("GET", &format!("/v1/key/describe/{}", seg(name)), None, true).await
     }
 
     /// Rotates a key: a new version seals from now on; its number.

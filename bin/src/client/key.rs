@@ -1,10 +1,9 @@
 //! `kes key ...`: create, import, info, ls, rm, dek, encrypt, decrypt, hmac,
-//! and key versions: rotate, retire, purge.
+//! and key versions: rotate, rewrap, retire, purge.
 
 use argh::FromArgs;
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
-use serde_json::json;
 
 use super::output::{print_fields, print_json, print_list, tty};
 use super::{decode, decode_opt, each_name};
@@ -30,6 +29,7 @@ enum KeySub {
     Decrypt(KeyDecrypt),
     Hmac(KeyHmac),
     Rotate(KeyRotate),
+    Rewrap(KeyRewrap),
     Retire(KeyRetire),
     Purge(KeyPurge),
 }
@@ -42,6 +42,28 @@ conn_fields! {
         /// key names
         #[argh(positional)]
         names: Vec<String>,
+    }
+}
+
+conn_fields! {
+    /// Seal a ciphertext again under the key's newest version (it is opened
+    /// with whichever version sealed it): kes key rewrap <name> <ciphertext>
+    /// [<context>].
+    #[derive(FromArgs)]
+    #[argh(subcommand, name = "rewrap")]
+    struct KeyRewrap {
+        /// print JSON
+        #[argh(switch)]
+        json: bool,
+        /// key name
+        #[argh(positional)]
+        name: String,
+        /// base64 ciphertext
+        #[argh(positional)]
+        ciphertext: String,
+        /// base64 context
+        #[argh(positional)]
+        context: Option<String>,
     }
 }
 
@@ -241,6 +263,7 @@ impl KeyCmd {
                 println!("{n}: version {v}");
                 Ok(())
             }),
+            KeySub::Rewrap(c) => c.run(),
             KeySub::Retire(c) => c
                 .client()?
                 .retire_key_versions(&c.name, c.min)
@@ -259,20 +282,17 @@ impl KeyCmd {
 }
 
 impl KeyInfo {
+    /// Piped or `--json`: the server's JSON unchanged (a rotated key's
+    /// `versions` included). On a terminal: the fields, and for a rotated
+    /// key a table of its versions.
     fn run(self) -> Result<(), String> {
-        let i = self
-            .client()?
-            .describe_key(&self.name)
-            .map_err(|e| format!("failed to describe key \"{}\": {e}", self.name))?;
+        let client = self.client()?;
+        let failed = |e| format!("failed to describe key \"{}\": {e}", self.name);
         if self.json || !tty() {
-            let mut v = json!({"name": i.name, "algorithm": i.algorithm, "created_at": i.created_at, "created_by": i.created_by});
-            if let Some((newest, min)) = i.version {
-                v["version"] = newest.into();
-                v["min_version"] = min.into();
-            }
-            print_json(&v);
+            print_json(&client.describe_key_json(&self.name).map_err(failed)?);
             return Ok(());
         }
+        let i = client.describe_key(&self.name).map_err(failed)?;
         let algorithm = i.algorithm.unwrap_or_default();
         let owner = i.created_by.unwrap_or_default();
         let version = i.version.map(|(n, m)| format!("{n} (active from {m})"));
@@ -286,6 +306,61 @@ impl KeyInfo {
             fields.push(("Version", v));
         }
         print_fields(&fields, false);
+        if !i.versions.is_empty() {
+            println!();
+            for line in version_table(&i.versions) {
+                println!("{line}");
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A rotated key's versions as aligned lines under a bold header.
+fn version_table(versions: &[kes_client::KeyVersion]) -> Vec<String> {
+    let rows: Vec<[String; 4]> = versions
+        .iter()
+        .map(|v| {
+            [
+                v.version.to_string(),
+                v.state.clone(),
+                v.created_at.clone(),
+                v.created_by.clone().unwrap_or_default(),
+            ]
+        })
+        .collect();
+    let header = ["Version", "State", "Created", "Created by"];
+    let width =
+        |c: usize| rows.iter().map(|r| r[c].len()).chain([header[c].len()]).max().unwrap_or(0);
+    let widths = [width(0), width(1), width(2)];
+    let line = |cells: [&str; 4]| {
+        format!(
+            "{:<w0$}  {:<w1$}  {:<w2$}  {}",
+            cells[0],
+            cells[1],
+            cells[2],
+            cells[3],
+            w0 = widths[0],
+            w1 = widths[1],
+            w2 = widths[2]
+        )
+        .trim_end()
+        .to_owned()
+    };
+    let mut out = vec![super::output::bold(&line(header))];
+    out.extend(rows.iter().map(|r| line([&r[0], &r[1], &r[2], &r[3]])));
+    out
+}
+
+impl KeyRewrap {
+    fn run(self) -> Result<(), String> {
+        let ct = decode("ciphertext", &self.ciphertext)?;
+        let ctx = decode_opt("context", self.context.as_ref())?;
+        let new = self
+            .client()?
+            .rewrap(&self.name, &ct, &ctx)
+            .map_err(|e| format!("failed to rewrap ciphertext: {e}"))?;
+        print_fields(&[("ciphertext", &STANDARD.encode(new))], self.json);
         Ok(())
     }
 }
@@ -338,5 +413,29 @@ impl KeyHmac {
         let hex: String = mac.iter().map(|b| format!("{b:02x}")).collect();
         print_fields(&[("hmac", &hex)], self.json);
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versions_as_an_aligned_table() {
+        let v = |n: u32, state: &str, by: Option<&str>| kes_client::KeyVersion {
+            version: n,
+            state: state.into(),
+            created_at: format!("2026-12-0{n}T10:00:00Z"),
+            created_by: by.map(str::to_owned),
+        };
+        let lines = version_table(&[v(1, "retired", Some("3ecf")), v(2, "active", None)]);
+        assert_eq!(
+            lines,
+            [
+                "Version  State    Created               Created by",
+                "1        retired  2026-12-01T10:00:00Z  3ecf",
+                "2        active   2026-12-02T10:00:00Z",
+            ]
+        );
     }
 }
