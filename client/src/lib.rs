@@ -195,6 +195,8 @@ pub struct KeyVersion {
     pub created_at: String,
     /// Creator identity, if recorded.
     pub created_by: Option<String>,
+    /// Ciphertexts the answering node opened under it since it started.
+    pub unseals: u64,
 }
 
 /// An async KES client; cheap to clone.
@@ -291,6 +293,7 @@ impl Client {
                         state: e["state"].as_str().unwrap_or_default().to_owned(),
                         created_at: e["created_at"].as_str().unwrap_or_default().to_owned(),
                         created_by: e["created_by"].as_str().map(str::to_owned),
+                        unseals: e["unseals"].as_u64().unwrap_or(0),
                     })
                     .collect()
             })

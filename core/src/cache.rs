@@ -126,6 +126,13 @@ impl KeyCache {
         }
     }
 
+    /// The newest version of a cached (or kept) key, without marking it used.
+    pub fn newest_version(&self, name: &str) -> Option<u32> {
+        let ring =
+            self.entries.get(name).map(|e| &e.key).or(self.stale.get(name).map(|s| &s.key))?;
+        Some(ring.latest().number)
+    }
+
     /// An expired key kept aside (offline caching), without restoring it:
     /// what answers while a re-read is slower than `stale_wait`.
     pub fn stale(&self, name: &str, now: Instant) -> Option<&KeyRing> {

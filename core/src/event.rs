@@ -34,6 +34,10 @@ pub struct AuditEvent {
     pub code: u16,
     /// Time from arrival to response.
     pub elapsed: Duration,
+    /// The version of a rotated key the request sealed or opened under (an
+    /// addition to KES's record, `response.key_version`; absent for keys
+    /// never rotated, so their records are KES's byte for byte).
+    pub key_version: Option<u32>,
 }
 
 impl AuditEvent {
@@ -51,7 +55,11 @@ impl AuditEvent {
             let _ = write!(s, r#","identity":"{id}""#);
         }
         let nanos = (self.elapsed.as_micros() as u64).saturating_mul(1000);
-        let _ = write!(s, r#"}},"response":{{"code":{},"time":{}}}}}"#, self.code, nanos);
+        let _ = write!(s, r#"}},"response":{{"code":{},"time":{}"#, self.code, nanos);
+        if let Some(v) = self.key_version {
+            let _ = write!(s, r#","key_version":{v}"#);
+        }
+        s.push_str("}}");
         s
     }
 }
@@ -84,6 +92,7 @@ mod tests {
             path: "/v1/key/generate/my-key".into(),
             identity: None,
             code: 200,
+            key_version: None,
             elapsed: Duration::from_nanos(1_245_678),
         };
         let v: serde_json::Value = serde_json::from_str(&e.to_json()).unwrap();

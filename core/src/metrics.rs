@@ -67,6 +67,8 @@ pub struct Metrics {
     pub error_events: u64,
     /// Whether the audit log cannot be written right now.
     pub audit_stalled: bool,
+    /// Ciphertexts opened under a key version older than the key's newest.
+    pub unseals_older_version: u64,
 }
 
 /// Process facts the adapter supplies (the core cannot read them itself).
@@ -146,7 +148,7 @@ impl Metrics {
     }
 
     /// Every single-valued metric: name, type, help, value.
-    fn scalars(&self, uptime: Duration, sys: &SystemInfo) -> [(&str, &str, &str, String); 14] {
+    fn scalars(&self, uptime: Duration, sys: &SystemInfo) -> [(&str, &str, &str, String); 15] {
         let uptime_10ms = uptime.as_millis() / 10;
         #[rustfmt::skip]
         let table = [
@@ -157,6 +159,7 @@ impl Metrics {
             ("kes_system_mem_resident", "gauge", "Resident memory of the process in bytes.", sys.mem_resident.to_string()),
             ("kes_log_error_events", "counter", "Number of error log events written.", self.error_events.to_string()),
             ("kes_log_audit_events", "counter", "Number of audit log events written.", self.audit_events.to_string()),
+            ("kes_key_unseals_older_version", "counter", "Ciphertexts opened under a key version older than the key's newest (rotated keys).", self.unseals_older_version.to_string()),
             ("kes_log_audit_stalled", "gauge", "1 while the audit log cannot be written (requests that need it get 503).", u8::from(self.audit_stalled).to_string()),
             ("kes_system_up_time", "gauge", "The time the server has been up and running in seconds.", format!("{}.{:02}", uptime_10ms / 100, uptime_10ms % 100)),
             ("kes_system_num_cpu", "gauge", "The number of logical CPUs available on the system.", sys.num_cpu.to_string()),

@@ -334,3 +334,54 @@ fn concurrent_rotations_lose_no_version() {
     );
     assert_eq!((&r["plaintext"], &r["version"]), (&sealed_by_a["plaintext"], &json!("2")));
 }
+
+/// Operators can see which versions are still used: audit records of
+/// crypto calls on a rotated key name the version, describe counts this
+/// node's unseals per version (and when the last was), and a metric counts
+/// unseals under versions older than the newest.
+#[test]
+fn version_use_is_audited_counted_and_described() {
+    let mut h = start(CiphertextFormat::Json);
+    ok(&mut h, Method::PUT, "/v1/key/create/k", Value::Null);
+    let old = ok(&mut h, Method::PUT, "/v1/key/generate/k", json!({}));
+    h.events.clear();
+    assert_eq!(decrypt(&mut h, &old["ciphertext"], "").status, StatusCode::OK);
+    let audit = |h: &Harness| -> Vec<String> {
+        h.events
+            .iter()
+            .filter_map(|e| match e {
+                kes_core::Event::Audit(a) => Some(a.to_json()),
+                _ => None,
+            })
+            .collect()
+    };
+    assert!(!audit(&h)[0].contains("key_version"), "never rotated: KES's record");
+    ok(&mut h, Method::PUT, "/v1/key/rotate/k", Value::Null);
+    let new = ok(&mut h, Method::PUT, "/v1/key/generate/k", json!({}));
+    h.events.clear();
+    for _ in 0..3 {
+        assert_eq!(decrypt(&mut h, &old["ciphertext"], "").status, StatusCode::OK);
+    }
+    assert_eq!(decrypt(&mut h, &new["ciphertext"], "").status, StatusCode::OK);
+    let lines = audit(&h);
+    assert!(lines[0].ends_with(r#""key_version":1}}"#), "{}", lines[0]);
+    assert!(lines[3].ends_with(r#""key_version":2}}"#), "{}", lines[3]);
+    let d = ok(&mut h, Method::GET, "/v1/key/describe/k", Value::Null);
+    let uses: Vec<(u64, u64)> = d["versions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| (v["version"].as_u64().unwrap(), v["unseals"].as_u64().unwrap()))
+        .collect();
+    assert_eq!(uses, [(1, 3), (2, 1)], "{d}");
+    assert!(d["versions"][0]["last_unseal"].is_string(), "{d}");
+    let m = call(&mut h, Method::GET, "/v1/metrics", Value::Null);
+    let text = String::from_utf8_lossy(&m.body);
+    assert!(text.contains("\nkes_key_unseals_older_version 3\n"), "{text}");
+    // Deleted and created again: counts start over.
+    ok(&mut h, Method::DELETE, "/v1/key/delete/k", Value::Null);
+    ok(&mut h, Method::PUT, "/v1/key/create/k", Value::Null);
+    ok(&mut h, Method::PUT, "/v1/key/rotate/k", Value::Null);
+    let d = ok(&mut h, Method::GET, "/v1/key/describe/k", Value::Null);
+    assert_eq!(d["versions"][0]["unseals"], 0, "{d}");
+}

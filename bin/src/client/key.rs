@@ -318,37 +318,35 @@ impl KeyInfo {
 
 /// A rotated key's versions as aligned lines under a bold header.
 fn version_table(versions: &[kes_client::KeyVersion]) -> Vec<String> {
-    let rows: Vec<[String; 4]> = versions
+    let rows: Vec<[String; 5]> = versions
         .iter()
         .map(|v| {
             [
                 v.version.to_string(),
                 v.state.clone(),
+                v.unseals.to_string(),
                 v.created_at.clone(),
                 v.created_by.clone().unwrap_or_default(),
             ]
         })
         .collect();
-    let header = ["Version", "State", "Created", "Created by"];
+    let header = ["Version", "State", "Unseals", "Created", "Created by"];
     let width =
         |c: usize| rows.iter().map(|r| r[c].len()).chain([header[c].len()]).max().unwrap_or(0);
-    let widths = [width(0), width(1), width(2)];
-    let line = |cells: [&str; 4]| {
-        format!(
-            "{:<w0$}  {:<w1$}  {:<w2$}  {}",
-            cells[0],
-            cells[1],
-            cells[2],
-            cells[3],
-            w0 = widths[0],
-            w1 = widths[1],
-            w2 = widths[2]
-        )
-        .trim_end()
-        .to_owned()
+    // Every column padded to its widest cell but the last.
+    let widths: Vec<usize> = (0..header.len() - 1).map(width).collect();
+    let line = |cells: &[&str]| {
+        let mut l = String::new();
+        for (i, c) in cells.iter().enumerate() {
+            match widths.get(i) {
+                Some(w) => l.push_str(&format!("{c:<w$}  ")),
+                None => l.push_str(c),
+            }
+        }
+        l.trim_end().to_owned()
     };
-    let mut out = vec![super::output::bold(&line(header))];
-    out.extend(rows.iter().map(|r| line([&r[0], &r[1], &r[2], &r[3]])));
+    let mut out = vec![super::output::bold(&line(&header))];
+    out.extend(rows.iter().map(|r| line(&r.each_ref().map(String::as_str))));
     out
 }
 
@@ -427,14 +425,15 @@ mod tests {
             state: state.into(),
             created_at: format!("2026-12-0{n}T10:00:00Z"),
             created_by: by.map(str::to_owned),
+            unseals: if n == 1 { 12 } else { 0 },
         };
         let lines = version_table(&[v(1, "retired", Some("3ecf")), v(2, "active", None)]);
         assert_eq!(
             lines,
             [
-                "Version  State    Created               Created by",
-                "1        retired  2026-12-01T10:00:00Z  3ecf",
-                "2        active   2026-12-02T10:00:00Z",
+                "Version  State    Unseals  Created               Created by",
+                "1        retired  12       2026-12-01T10:00:00Z  3ecf",
+                "2        active   0        2026-12-02T10:00:00Z",
             ]
         );
     }

@@ -92,6 +92,9 @@ pub struct Response {
     pub body: Vec<u8>,
     /// Set for log streams: after the head, the adapter streams events.
     pub stream: Option<LogStream>,
+    /// The version of a rotated key an operation sealed or opened under
+    /// (for its audit record; never sent).
+    pub key_version: Option<u32>,
 }
 
 pub(crate) const JSON: &str = "application/json";
@@ -105,6 +108,7 @@ impl Response {
             headers: vec![("Content-Type", std::borrow::Cow::Borrowed(content_type))],
             body,
             stream: None,
+            key_version: None,
         }
     }
 
@@ -115,7 +119,7 @@ impl Response {
 
     /// A response with no body.
     pub fn empty(status: StatusCode) -> Self {
-        Self { status, headers: Vec::new(), body: Vec::new(), stream: None }
+        Self { status, headers: Vec::new(), body: Vec::new(), stream: None, key_version: None }
     }
 
     /// The `{"message": ...}` error body every KES client understands.

@@ -67,11 +67,14 @@ impl Server {
         let mut op = Some(op);
         if let Some((key, refresh)) = self.cache.get_loaded_before(name, since) {
             let retry = if refresh { op.clone() } else { None };
-            let r = run_key_op(key, op.take().expect("set above"), format, rng);
+            let uses = self.unseals.get(name);
+            let unseal = op.as_ref().is_some_and(KeyOp::unseals);
+            let r = run_key_op(key, op.take().expect("set above"), format, rng, uses);
             match (r, retry) {
                 (Err(ApiError::NotAuthentic), Some(again)) => op = Some(again),
                 (r, _) => {
                     self.metrics.cache_hits += 1;
+                    self.note_unseal(name, unseal, &r, now);
                     self.finish_result(id, ctx, r, now);
                     return;
                 }
@@ -82,8 +85,10 @@ impl Server {
         // answers at once instead of queueing behind it.
         if self.revalidating.get(name).is_some_and(Option::is_none) {
             if let Some(key) = self.cache.stale(name, now.instant) {
-                let r = run_key_op(key, op, format, rng);
+                let unseal = op.unseals();
+                let r = run_key_op(key, op, format, rng, self.unseals.get(name));
                 self.metrics.cache_hits += 1;
+                self.note_unseal(name, unseal, &r, now);
                 self.finish_result(id, ctx, r, now);
                 return;
             }
@@ -131,7 +136,9 @@ impl Server {
             );
             for (req, op) in waiters {
                 let Some(key) = self.cache.stale(name.as_str(), now.instant) else { break };
-                let r = run_key_op(key, op, format, rng);
+                let unseal = op.unseals();
+                let r = run_key_op(key, op, format, rng, self.unseals.get(name.as_str()));
+                self.note_unseal(name.as_str(), unseal, &r, now);
                 self.complete(req, r, now);
             }
         }
@@ -184,18 +191,59 @@ impl Server {
         };
         let format = self.compat.ciphertext;
         for (req, op) in waiters {
+            let unseal = op.unseals();
             let r = match (&outcome, self.cache.get(name.as_str())) {
-                (Ok(()), Some(key)) => run_key_op(key, op, format, rng),
+                (Ok(()), Some(key)) => {
+                    run_key_op(key, op, format, rng, self.unseals.get(name.as_str()))
+                }
                 (Ok(()), None) => Err(ApiError::StoreRead),
                 // A re-read of a cached key failed (store down): the cached
                 // key still answers.
-                (Err(_), Some(key)) => run_key_op(key, op, format, rng),
+                (Err(_), Some(key)) => {
+                    run_key_op(key, op, format, rng, self.unseals.get(name.as_str()))
+                }
                 (Err(e), None) => Err(e.clone()),
             };
+            self.note_unseal(name.as_str(), unseal, &r, now);
             self.complete(req, r, now);
         }
     }
+
+    /// Counts an opened ciphertext under its key version (rotated keys
+    /// only; their answers name the version), and, in the metrics, when
+    /// that version is older than the key's newest: how much data still
+    /// needs a version before it is retired.
+    fn note_unseal(&mut self, name: &str, unseal: bool, r: &Result<Response, ApiError>, now: Now) {
+        let Some(v) = r.as_ref().ok().filter(|_| unseal).and_then(|r| r.key_version) else {
+            return;
+        };
+        if self.cache.newest_version(name).is_some_and(|newest| v < newest) {
+            self.metrics.unseals_older_version += 1;
+        }
+        // The name is parsed (and allocated) on a key's first unseal only.
+        let versions = match self.unseals.get_mut(name) {
+            Some(v) => v,
+            None => {
+                let Ok(key) = KeyName::parse(name) else { return };
+                self.unseals.entry(key).or_default()
+            }
+        };
+        let e = versions.entry(v).or_default();
+        e.0 += 1;
+        e.1 = now.unix;
+    }
 }
+
+impl KeyOp {
+    /// Whether the operation opens a ciphertext (what per-version use counts).
+    fn unseals(&self) -> bool {
+        matches!(self, KeyOp::Decrypt { .. } | KeyOp::Rewrap { .. })
+    }
+}
+
+/// Per version of one key: how often this node opened data under it, and
+/// when it last did (shown by describe).
+pub(super) type Unseals = std::collections::BTreeMap<u32, (u64, crate::time::UnixTime)>;
 
 /// The least time between two re-reads of a cached key for a ciphertext
 /// it could not open.
@@ -215,10 +263,11 @@ fn run_key_op(
     op: KeyOp,
     format: CiphertextFormat,
     rng: &mut dyn CryptoRngCore,
+    uses: Option<&Unseals>,
 ) -> Result<Response, ApiError> {
     let versioned = ring.is_versioned();
     match op {
-        KeyOp::Describe(name) => Ok(Response::json(&describe(&name, ring))),
+        KeyOp::Describe(name) => Ok(Response::json(&describe(&name, ring, uses))),
         KeyOp::Generate { context, version } => {
             let v = ring.sealing(version)?;
             let mut dek = zeroize::Zeroizing::new([0u8; 32]);
@@ -253,7 +302,7 @@ fn run_key_op(
 
 /// A key's description: KES's fields (of the newest version), and for a
 /// rotated key its versions.
-fn describe(name: &KeyName, ring: &KeyRing) -> serde_json::Value {
+fn describe(name: &KeyName, ring: &KeyRing, uses: Option<&Unseals>) -> serde_json::Value {
     let key = &ring.latest().key;
     let mut v = json!({
         "name": name.as_str(),
@@ -279,6 +328,13 @@ fn describe(name: &KeyName, ring: &KeyRing) -> serde_json::Value {
                 });
                 if let Some(by) = &ver.key.created_by {
                     e["created_by"] = by.clone().into();
+                }
+                // What this node has opened under the version since it
+                // started: whether old data still needs it.
+                let (n, last) = uses.and_then(|u| u.get(&ver.number)).copied().unwrap_or_default();
+                e["unseals"] = n.into();
+                if n > 0 {
+                    e["last_unseal"] = last.to_string().into();
                 }
                 e
             })
@@ -339,5 +395,7 @@ fn secret_json(fields: &[(&str, &[u8])], version: Option<u32>) -> Response {
         body.extend_from_slice(format!(r#","version":"{n}""#).as_bytes());
     }
     body.push(b'}');
-    Response::with(StatusCode::OK, JSON, body)
+    let mut r = Response::with(StatusCode::OK, JSON, body);
+    r.key_version = version;
+    r
 }

@@ -230,6 +230,7 @@ impl Server {
         let r = match result {
             Ok(_) => {
                 self.cache.evict(name.as_str());
+                self.unseals.remove(name.as_str());
                 Ok(Response::empty(StatusCode::OK))
             }
             Err(StoreError::NotFound) => {

@@ -142,6 +142,9 @@ pub struct Server {
     /// stale copy (`None`: that time has passed, later requests get it at
     /// once). See [`keyops`].
     revalidating: BTreeMap<KeyName, Option<Instant>>,
+    /// Per key and version, the ciphertexts this node opened (describe
+    /// shows them); dropped with the key.
+    unseals: BTreeMap<KeyName, keyops::Unseals>,
     pending: BTreeMap<CommandId, Pending>,
     commands: VecDeque<(CommandId, Command)>,
     responses: VecDeque<(RequestId, Response)>,
@@ -171,6 +174,7 @@ impl Server {
             fetches: BTreeMap::new(),
             fetching: BTreeMap::new(),
             revalidating: BTreeMap::new(),
+            unseals: BTreeMap::new(),
             pending: BTreeMap::new(),
             commands: VecDeque::new(),
             responses: VecDeque::new(),
@@ -452,6 +456,7 @@ impl Server {
                 identity: ctx.identity,
                 code,
                 elapsed,
+                key_version: resp.key_version,
             }));
         }
         if ctx.head {
