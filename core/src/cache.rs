@@ -93,6 +93,16 @@ impl KeyCache {
         self.entries.insert(name, Entry { key, used: true, loaded: Some(now) });
     }
 
+    /// Replaces a cached key with the store's newer state (a rotation seen
+    /// by the schedule); a key not cached stays out, and unused stays
+    /// unused, so the schedule's reads never keep a key in memory.
+    pub fn refresh(&mut self, name: &str, key: KeyRing, now: Instant) {
+        if let Some(e) = self.entries.get_mut(name) {
+            e.key = key;
+            e.loaded = Some(now);
+        }
+    }
+
     /// A cached key (marking it used), and whether it was read from the
     /// store before `t` (so reading it again may find versions added
     /// elsewhere since); one lookup, for the request hot path.

@@ -69,6 +69,10 @@ pub struct Metrics {
     pub audit_stalled: bool,
     /// Ciphertexts opened under a key version older than the key's newest.
     pub unseals_older_version: u64,
+    /// Key versions the rotation schedule created on this node.
+    pub rotations_scheduled: u64,
+    /// Scheduled rotation checks (or their listings) that failed.
+    pub rotation_failures: u64,
 }
 
 /// Process facts the adapter supplies (the core cannot read them itself).
@@ -148,7 +152,7 @@ impl Metrics {
     }
 
     /// Every single-valued metric: name, type, help, value.
-    fn scalars(&self, uptime: Duration, sys: &SystemInfo) -> [(&str, &str, &str, String); 15] {
+    fn scalars(&self, uptime: Duration, sys: &SystemInfo) -> [(&str, &str, &str, String); 17] {
         let uptime_10ms = uptime.as_millis() / 10;
         #[rustfmt::skip]
         let table = [
@@ -160,6 +164,8 @@ impl Metrics {
             ("kes_log_error_events", "counter", "Number of error log events written.", self.error_events.to_string()),
             ("kes_log_audit_events", "counter", "Number of audit log events written.", self.audit_events.to_string()),
             ("kes_key_unseals_older_version", "counter", "Ciphertexts opened under a key version older than the key's newest (rotated keys).", self.unseals_older_version.to_string()),
+            ("kes_key_rotations_scheduled", "counter", "Key versions created by the rotation schedule on this node.", self.rotations_scheduled.to_string()),
+            ("kes_key_rotation_failures", "counter", "Scheduled rotation checks that failed (retried at the next check).", self.rotation_failures.to_string()),
             ("kes_log_audit_stalled", "gauge", "1 while the audit log cannot be written (requests that need it get 503).", u8::from(self.audit_stalled).to_string()),
             ("kes_system_up_time", "gauge", "The time the server has been up and running in seconds.", format!("{}.{:02}", uptime_10ms / 100, uptime_10ms % 100)),
             ("kes_system_num_cpu", "gauge", "The number of logical CPUs available on the system.", sys.num_cpu.to_string()),

@@ -48,6 +48,39 @@ impl KeyName {
     }
 }
 
+impl KeyName {
+    /// The store entry that claims the breaking of one stale staged copy
+    /// (see `server::rotation`): the key name, `-`, its length in two
+    /// digits, `x`, the first 8 bytes of the copy's SHA-256 in hex, padded
+    /// with `0`s past `MAX_NAME_LEN` like a staging name (so no client can
+    /// create it) but never equal to one (the `x`).
+    pub fn breaker(&self, staged: &[u8]) -> KeyName {
+        use sha2::Digest;
+        let digest = sha2::Sha256::digest(staged);
+        let mut s = format!("{}-{:02}x", self.0, self.0.len());
+        for b in &digest[..8] {
+            s.push_str(&format!("{b:02x}"));
+        }
+        while s.len() <= MAX_NAME_LEN {
+            s.push('0');
+        }
+        KeyName(s)
+    }
+
+    /// The key whose staging name `s` is (see [`KeyName::staging`]), if it
+    /// is one. Listings use it: while a change is half done (or its writer
+    /// died) the staged copy is all the store holds of a key.
+    pub fn of_staging(s: &str) -> Option<KeyName> {
+        if s.len() <= MAX_NAME_LEN {
+            return None;
+        }
+        (1..=MAX_NAME_LEN.min(s.len() - 3)).find_map(|len| {
+            let name = KeyName::parse(s.get(..len)?).ok()?;
+            (name.staging().as_str() == s).then_some(name)
+        })
+    }
+}
+
 /// True if `s` is a valid key, policy or identity name.
 pub fn valid_name(s: &str) -> bool {
     !s.is_empty() && s.len() <= MAX_NAME_LEN && s.bytes().all(is_name_byte)
@@ -188,6 +221,16 @@ mod tests {
         #[test]
         fn parse_display_round_trip(s in "[0-9A-Za-z_-]{1,80}") {
             prop_assert_eq!(KeyName::parse(&s).unwrap().to_string(), s);
+        }
+
+        #[test]
+        fn staging_names_lead_back_to_their_key(a in "[0-9A-Za-z_-]{1,80}") {
+            let name = KeyName::parse(&a).unwrap();
+            prop_assert_eq!(KeyName::of_staging(name.staging().as_str()), Some(name.clone()));
+            prop_assert_eq!(KeyName::of_staging(&a), None);
+            let breaker = name.breaker(b"staged");
+            prop_assert_eq!(KeyName::of_staging(breaker.as_str()), None);
+            prop_assert!(!valid_name(breaker.as_str()) && breaker.as_str().len() <= 100);
         }
 
         /// No client name is a staging name, staging names never collide,

@@ -29,6 +29,11 @@ impl Pattern {
         &self.text
     }
 
+    /// Whether the pattern can match anything (Go rejects the others).
+    pub fn is_well_formed(&self) -> bool {
+        self.well_formed
+    }
+
     /// Whether the request path matches.
     pub fn matches(&self, path: &str) -> bool {
         self.well_formed && glob_match(&self.text, path)

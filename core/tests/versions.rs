@@ -198,12 +198,23 @@ fn a_change_interrupted_after_the_delete_is_finished() {
     reader.store.keys = h.store.keys.clone();
     let r = decrypt(&mut reader, &old["ciphertext"], "");
     assert_eq!(r.status, StatusCode::OK, "{}", String::from_utf8_lossy(&r.body));
-    // The next change repairs the entry first.
+    // The next change repairs the entry first; the staged copy is left to
+    // its writer while that may be alive (409), and broken once stale.
     let mut writer = start_seeded(CiphertextFormat::Raw, 22);
     writer.store.keys = h.store.keys.clone();
+    let (s, _) = err(&mut writer, Method::PUT, "/v1/key/rotate/k", Value::Null);
+    assert_eq!(s, StatusCode::CONFLICT);
+    assert!(writer.store.keys.contains_key("k"), "the entry is back at once");
+    assert_eq!(decrypt(&mut writer, &old["ciphertext"], "").status, StatusCode::OK);
+    writer.advance(Duration::from_secs(61));
     assert_eq!(ok(&mut writer, Method::PUT, "/v1/key/rotate/k", Value::Null)["version"], 3);
-    assert!(writer.store.keys.contains_key("k"));
     assert!(!writer.store.keys.contains_key(&staging("k")));
+    assert_eq!(
+        writer.store.keys.len(),
+        1,
+        "no lock or claim is left: {:?}",
+        writer.store.keys.keys()
+    );
     assert_eq!(decrypt(&mut writer, &old["ciphertext"], "").status, StatusCode::OK);
 }
 

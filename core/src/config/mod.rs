@@ -55,6 +55,8 @@ pub struct Config {
     pub keystore: KeystoreConfig,
     /// Compatibility switches.
     pub compat: Compat,
+    /// Scheduled key rotation (`rotation:`, an extension), first match wins.
+    pub rotation: Vec<RotationRule>,
     /// Things the operator should know that are not errors.
     pub warnings: Vec<String>,
 }
@@ -146,6 +148,21 @@ pub struct PolicyConfig {
     /// Bound identities.
     pub identities: Vec<Identity>,
 }
+
+/// One `rotation:` entry: keys whose name matches `key` get a new version
+/// once their newest version is `every` old.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RotationRule {
+    /// A key name or a glob, matched as in policies.
+    pub key: String,
+    /// The longest a key's newest version may seal before the next.
+    pub every: Duration,
+}
+
+/// The shortest `rotation.every` accepted: the schedule checks keys about
+/// every `every / 8` (at least each second), so shorter periods could not be
+/// kept.
+pub const MIN_ROTATION_EVERY: Duration = Duration::from_secs(1);
 
 /// Key cache expiry settings (keystore.md §7).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -414,6 +431,7 @@ impl Config {
             keys: Vec::new(),
             keystore: KeystoreConfig::Memory,
             compat: Compat::default(),
+            rotation: Vec::new(),
             warnings: Vec::new(),
         }
     }
@@ -548,6 +566,37 @@ compat:
         assert!(!c.warnings.iter().any(|w| w.contains("unknown")), "{:?}", c.warnings);
         let e = Config::parse("cache:\n  stale_wait: soon\n", &env).unwrap_err();
         assert_eq!(e.line, Some(2), "{e}");
+    }
+
+    #[test]
+    fn rotation_rules_are_read_and_checked() {
+        let text =
+            "rotation:\n  - key: \"minio-*\"\n    every: 720h\n  - key: app\n    every: 4s\n";
+        let c = Config::parse(text, &env).unwrap();
+        assert_eq!(
+            c.rotation,
+            vec![
+                RotationRule { key: "minio-*".into(), every: Duration::from_secs(720 * 3600) },
+                RotationRule { key: "app".into(), every: Duration::from_secs(4) },
+            ]
+        );
+        assert!(!c.warnings.iter().any(|w| w.contains("unknown")), "{:?}", c.warnings);
+        assert!(Config::parse("", &env).unwrap().rotation.is_empty());
+        for (bad, line, says) in [
+            ("rotation:\n  - key: minio-x\n    every: 500ms\n", 3, "at least 1s"),
+            ("rotation:\n  - key: minio-x\n", 2, "no 'every'"),
+            ("rotation:\n  - every: 1h\n", 0, "no 'key'"),
+            ("rotation:\n  - key: \"[minio\"\n    every: 1h\n", 2, "not a key name or glob"),
+            ("rotation:\n  - key: minio/x\n    every: 1h\n", 2, "not a key name or glob"),
+            ("rotation:\n  - key: minio-x\n    every: monthly\n", 2, "monthly"),
+            ("rotation:\n  key: minio-x\n", 2, ""),
+        ] {
+            let e = Config::parse(bad, &env).unwrap_err();
+            assert!(e.message.contains(says), "{bad}: {e}");
+            if line > 0 {
+                assert_eq!(e.line, Some(line), "{bad}: {e}");
+            }
+        }
     }
 
     #[test]

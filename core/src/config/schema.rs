@@ -32,6 +32,15 @@ pub(super) struct Raw {
     pub(super) keys: Option<serde_yaml::Value>,
     pub(super) keystore: Option<serde_yaml::Value>,
     pub(super) compat: Option<RawCompat>,
+    pub(super) rotation: Option<Vec<RawRotation>>,
+}
+
+/// One `rotation:` entry (an extension of KES).
+#[derive(Deserialize, Default)]
+#[serde(default)]
+pub(super) struct RawRotation {
+    pub(super) key: Option<Text>,
+    pub(super) every: Option<Dur>,
 }
 
 #[derive(Deserialize, Default)]

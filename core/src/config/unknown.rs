@@ -63,6 +63,8 @@ const ROOT: Shape = Map(&[
         ]),
     ),
     ("compat", Map(&[("api", Any), ("ciphertext", Any)])),
+    // A list of `- key: ... every: ...` entries (validated as parsed).
+    ("rotation", Any),
 ]);
 
 /// One warning per unknown key, naming its line and its full path.

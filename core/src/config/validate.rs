@@ -6,11 +6,11 @@
 use std::collections::BTreeMap;
 
 use super::schema::{
-    scalar_text, Raw, RawApi, RawCache, RawCompat, RawLog, RawPolicy, RawTls, Text,
+    scalar_text, Raw, RawApi, RawCache, RawCompat, RawLog, RawPolicy, RawRotation, RawTls, Text,
 };
 use super::{
     keystore, AdminSetting, ApiCompat, ApiOverride, CacheConfig, Compat, Config, ConfigError,
-    LogConfig, PolicyConfig, TlsConfig, DEFAULT_PROXY_HEADER,
+    LogConfig, PolicyConfig, RotationRule, TlsConfig, DEFAULT_PROXY_HEADER, MIN_ROTATION_EVERY,
 };
 use crate::crypto::CiphertextFormat;
 use crate::identity::Identity;
@@ -57,6 +57,7 @@ impl Raw {
             keys,
             keystore: keystore::select(keystore_value.as_ref(), &mut warnings)?,
             compat: compat(self.compat.unwrap_or_default())?,
+            rotation: rotation(self.rotation.unwrap_or_default())?,
             warnings,
         })
     }
@@ -205,6 +206,33 @@ fn cache(raw: Option<RawCache>) -> CacheConfig {
         }
     }
     cache
+}
+
+/// `rotation:` entries: each needs a well-formed key glob and a period of
+/// at least [`MIN_ROTATION_EVERY`].
+fn rotation(raw: Vec<RawRotation>) -> Result<Vec<RotationRule>, ConfigError> {
+    let mut rules = Vec::with_capacity(raw.len());
+    for (i, r) in raw.into_iter().enumerate() {
+        let n = i + 1;
+        let Some(key) = text(r.key) else {
+            return Err(ConfigError::new(format!("invalid rotation entry {n}: no 'key'")));
+        };
+        if !Pattern::new(&key).is_well_formed() || key.contains('/') {
+            return Err(ConfigError::new(format!(
+                "invalid rotation key '{key}': not a key name or glob"
+            )));
+        }
+        let Some(every) = r.every.map(|d| d.0) else {
+            return Err(ConfigError::new(format!("invalid rotation entry '{key}': no 'every'")));
+        };
+        if every < MIN_ROTATION_EVERY {
+            return Err(ConfigError::new(format!(
+                "invalid rotation every '{every:?}' for key {key}: must be at least 1s"
+            )));
+        }
+        rules.push(RotationRule { key, every });
+    }
+    Ok(rules)
 }
 
 /// Errors are logged unless set above ERROR; audit is on by default only in

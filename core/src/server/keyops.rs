@@ -152,12 +152,26 @@ impl Server {
         rng: &mut dyn CryptoRngCore,
     ) {
         // A key whose entry is gone may be mid-way through a change of its
-        // versions (server::rotation): its new state is staged.
-        if fetch == Fetch::Key && matches!(result, Err(StoreError::NotFound)) {
-            let cid = self.command(Command::Get { name: name.staging() }, now);
-            self.fetches.insert(cid, (name, Fetch::Staged));
-            return;
-        }
+        // versions (server::rotation): its new state is staged. The entry
+        // is read once more after the staged copy: absent still, the copy
+        // is the lock holder's and will be the entry; present, the entry
+        // wins. (The copy read after one look at a missing entry may be
+        // another writer's, staged meanwhile and about to be abandoned:
+        // sealing under it would lose the data.)
+        let result = match (fetch, result) {
+            (Fetch::Key, Err(StoreError::NotFound)) => {
+                let cid = self.command(Command::Get { name: name.staging() }, now);
+                self.fetches.insert(cid, (name, Fetch::Staged));
+                return;
+            }
+            (Fetch::Staged, Ok(StoreReply::Value(v))) => {
+                let cid = self.command(Command::Get { name: name.clone() }, now);
+                self.fetches.insert(cid, (name, Fetch::Recheck(v)));
+                return;
+            }
+            (Fetch::Recheck(staged), Err(StoreError::NotFound)) => Ok(StoreReply::Value(staged)),
+            (_, result) => result,
+        };
         let waiters = self.fetching.remove(&name).unwrap_or_default();
         self.revalidating.remove(&name);
         let outcome: Result<(), ApiError> = match result {
@@ -249,11 +263,12 @@ pub(super) type Unseals = std::collections::BTreeMap<u32, (u64, crate::time::Uni
 /// it could not open.
 const REFRESH: std::time::Duration = std::time::Duration::from_secs(1);
 
-/// Which entry a key fetch reads: the key's own, or its staged new state.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// Which entry a key fetch reads: the key's own, its staged new state, or
+/// the key's again (holding the staged state read).
 pub(super) enum Fetch {
     Key,
     Staged,
+    Recheck(SecretBytes),
 }
 
 /// Runs an operation on a key in hand. A key that was never rotated

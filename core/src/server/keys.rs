@@ -252,8 +252,17 @@ impl Server {
         now: Now,
     ) {
         let r = match result {
-            Ok(StoreReply::Names(mut names)) => {
-                names.retain(|n| valid_name(n) && pattern.matches(n));
+            Ok(StoreReply::Names(names)) => {
+                // A key being changed (or whose writer died mid-change) may
+                // exist only as its staged copy for a while: list it.
+                let mut names: Vec<String> = names
+                    .into_iter()
+                    .filter_map(|n| match valid_name(&n) {
+                        true => Some(n),
+                        false => KeyName::of_staging(&n).map(|k| k.as_str().to_owned()),
+                    })
+                    .filter(|n| pattern.matches(n))
+                    .collect();
                 names.sort_unstable();
                 names.dedup();
                 let mut body = Vec::with_capacity(names.len() * 24);

@@ -19,6 +19,7 @@ mod keys;
 mod logs;
 mod policies;
 mod rotation;
+mod schedule;
 mod status;
 
 use std::collections::{BTreeMap, VecDeque};
@@ -109,6 +110,8 @@ enum Pending {
     Probe,
     Declared(KeyName),
     Ring(Box<rotation::RingWrite>),
+    /// The rotation schedule's listing.
+    Sweep,
 }
 
 /// A request that may have to wait for the store.
@@ -152,6 +155,7 @@ pub struct Server {
     metrics: Metrics,
     startup_failures: Vec<String>,
     declared_open: usize,
+    schedule: schedule::Schedule,
 }
 
 impl Server {
@@ -182,6 +186,7 @@ impl Server {
             metrics: Metrics::default(),
             startup_failures: Vec::new(),
             declared_open: 0,
+            schedule: schedule::Schedule::default(),
         };
         let keys = config.keys.clone();
         server.apply(config, now);
@@ -208,13 +213,15 @@ impl Server {
         server
     }
 
-    /// Replaces policies, admin, route overrides and compat switches (SIGHUP).
+    /// Replaces policies, admin, route overrides, compat switches and the
+    /// rotation schedule (SIGHUP).
     /// The key cache is kept: keys do not change with the config.
     pub fn reload(&mut self, config: Config, now: Now) {
         self.apply(config, now);
     }
 
     fn apply(&mut self, config: Config, now: Now) {
+        self.set_rotation(&config.rotation, now);
         self.admin = config.admin;
         self.compat = config.compat;
         self.overrides = ROUTES
@@ -334,6 +341,7 @@ impl Server {
             Pending::Status(req) => self.status_result(req, result, now),
             Pending::Ready(req) => self.ready_result(req, result, now),
             Pending::Ring(w) => self.ring_write_result(w, result, now, rng),
+            Pending::Sweep => self.sweep_listed(result, now),
         }
     }
 
@@ -353,6 +361,7 @@ impl Server {
             self.pending.insert(id, Pending::Probe);
         }
         self.serve_stale_due(now, rng);
+        self.schedule_timeout(now);
         let expired: Vec<RequestId> = self
             .inflight
             .iter()
@@ -392,7 +401,8 @@ impl Server {
             self.inflight.values().filter_map(|f| f.deadline).min().map(|d| (d, "request"));
         let cache = self.cache.poll_timeout().map(|d| (d, "cache"));
         let stale = self.revalidating.values().flatten().min().map(|d| (*d, "stale"));
-        [requests, cache, stale].into_iter().flatten().min_by_key(|(d, _)| *d)
+        let rotation = self.schedule.poll_timeout().map(|d| (d, "rotation"));
+        [requests, cache, stale, rotation].into_iter().flatten().min_by_key(|(d, _)| *d)
     }
 
     /// Requests waiting for the key store.
