@@ -22,6 +22,8 @@ command -v openssl >/dev/null || need+=(openssl)            # identities checked
 command -v go >/dev/null || need+=(golang-go)               # a real Go net/http client (MinIO's framing)
 command -v systemd-analyze >/dev/null || need+=(systemd)    # the example unit must verify
 python3 -c 'import ensurepip, venv' 2>/dev/null || need+=(python3-venv)
+[ -e /usr/lib/softhsm/libsofthsm2.so ] || need+=(softhsm2)    # a PKCS#11 token for hsm:
+command -v pkcs11-tool >/dev/null || need+=(opensc)         # makes the token's AES key
 if [ ${#need[@]} -gt 0 ]; then
   echo "scripts/test.sh: installing ${need[*]}" >&2
   "${as_root[@]}" apt-get update -qq

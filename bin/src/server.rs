@@ -61,12 +61,17 @@ pub fn run(cmd: ServerCmd) -> Result<(), String> {
         say!("kes: warning: {w}");
     }
     let opened = kes_adapters::store::open(&loaded.config.keystore)?;
+    let opened = kes_adapters::store::with_hsm(opened, loaded.config.hsm.as_ref())?;
     let (store, store_label) = (opened.store, opened.label);
     for line in opened.notes {
         say!("kes: {line}");
     }
     let admin = admin_label(&loaded.config);
     let keystore = loaded.config.keystore.clone();
+    let hsm_of = |c: &kes_core::Config| {
+        c.hsm.as_ref().map(|h| (h.module.clone(), h.token.clone(), h.key.clone()))
+    };
+    let hsm = hsm_of(&loaded.config);
     let auth = ClientAuth {
         verify: loaded.config.tls.auth.unwrap_or(false),
         required: !loaded.config.any_skip_auth(),
@@ -85,8 +90,8 @@ pub fn run(cmd: ServerCmd) -> Result<(), String> {
     say!("kes: client certificates: {auth_text}");
     serve_until_signal(running, |running| {
         let loaded = load(&cmd)?;
-        if loaded.config.keystore != keystore {
-            say!("kes: warning: key store changes take effect after a restart");
+        if loaded.config.keystore != keystore || hsm_of(&loaded.config) != hsm {
+            say!("kes: warning: key store and hsm changes take effect after a restart");
         }
         for w in &loaded.config.warnings {
             say!("kes: warning: {w}");

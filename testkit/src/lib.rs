@@ -249,3 +249,47 @@ pub fn vault_approle(endpoint: &str, role: &str, secret: &str) -> kes_core::conf
         transit: None,
     }
 }
+
+/// The SoftHSM2 module Debian installs.
+pub const SOFTHSM_MODULE: &str = "/usr/lib/softhsm/libsofthsm2.so";
+
+/// A SoftHSM2 token `kes` (user PIN 1234) with an AES-256 key `kes-wrap`,
+/// in `dir/tokens`; returns the config file a process names in
+/// `SOFTHSM2_CONF` to see it. Needs softhsm2 and opensc (`pkcs11-tool`).
+pub fn softhsm_token(dir: &Path) -> Result<PathBuf, String> {
+    let tokens = dir.join("tokens");
+    std::fs::create_dir_all(&tokens).map_err(|e| e.to_string())?;
+    let conf = dir.join("softhsm2.conf");
+    let text = format!("directories.tokendir = {}\nobjectstore.backend = file\n", tokens.display());
+    std::fs::write(&conf, text).map_err(|e| e.to_string())?;
+    let run = |c: &mut Command| match c.env("SOFTHSM2_CONF", &conf).output() {
+        Ok(o) if o.status.success() => Ok(()),
+        Ok(o) => Err(format!("{c:?}: {}", String::from_utf8_lossy(&o.stderr))),
+        Err(e) => Err(format!("{c:?}: {e} (apt-get install softhsm2 opensc)")),
+    };
+    run(Command::new("softhsm2-util").args([
+        "--init-token",
+        "--free",
+        "--label",
+        "kes",
+        "--pin",
+        "1234",
+        "--so-pin",
+        "5678",
+    ]))?;
+    run(Command::new("pkcs11-tool").args([
+        "--module",
+        SOFTHSM_MODULE,
+        "--token-label",
+        "kes",
+        "--login",
+        "--pin",
+        "1234",
+        "--keygen",
+        "--key-type",
+        "AES:32",
+        "--label",
+        "kes-wrap",
+    ]))?;
+    Ok(conf)
+}

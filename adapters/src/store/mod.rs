@@ -12,6 +12,7 @@ pub mod entrust;
 pub mod fortanix;
 mod fs;
 pub mod gcp;
+pub mod hsm;
 pub mod keysecure;
 mod mem;
 mod open;
@@ -22,7 +23,7 @@ pub use aws::AwsStore;
 pub use contract::{KeyStore, Remote, RemoteStore, StoreFuture};
 pub use fs::FsStore;
 pub use mem::MemStore;
-pub use open::{open, open_with_env, Opened};
+pub use open::{open, open_with_env, with_hsm, Opened};
 pub use vault::VaultStore;
 
 #[cfg(test)]

@@ -16,6 +16,19 @@ pub struct Opened {
     pub notes: Vec<String>,
 }
 
+/// `opened`, its values sealed by the HSM of an `hsm:` section (if any).
+/// Start-up fails when the module, the token, the PIN or the key is wrong.
+pub fn with_hsm(
+    opened: Opened,
+    hsm: Option<&kes_core::config::HsmConfig>,
+) -> Result<Opened, String> {
+    let Some(cfg) = hsm else { return Ok(opened) };
+    let hsm = std::sync::Arc::new(super::hsm::Hsm::open(cfg)?);
+    let label = format!("{}, values sealed by {}", opened.label, hsm.describe());
+    let store = std::sync::Arc::new(super::hsm::SealedStore::new(opened.store, hsm));
+    Ok(Opened { store, label, notes: opened.notes })
+}
+
 /// The store a config selects. The fs store's crash leftovers are cleaned
 /// up first (reported in the notes); remote stores log in, and a failed
 /// login is an error.

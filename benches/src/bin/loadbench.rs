@@ -15,6 +15,8 @@
 //! answering login, health and the listing with fixed bodies, faster than
 //! kes asks), which isolates kes's own CPU per store call from the pace
 //! of a real store.
+//! LOADBENCH_HSM=1 seals the main kes's fs store with SoftHSM2 (`hsm:`;
+//! needs softhsm2 and opensc): cached-key figures must match a run without.
 //! LOADBENCH_ONLY=a,b runs only the scenarios whose label contains one of
 //! the words ("fleet" for the three-node figure), e.g. `list` for the
 //! uncached listing through kes beside OpenBao answering it directly.
@@ -73,13 +75,17 @@ fn run() -> Result<(), String> {
 
     let pki = Pki::new(&work)?;
     let kes_port = free_port();
-    let config = format!(
+    let mut config = format!(
         "address: 127.0.0.1:{kes_port}\nadmin:\n  identity: {}\ntls:\n  key: {}\n  cert: {}\nlog:\n  error: on\n  audit: off\nkeystore:\n  fs:\n    path: {}\n",
         pki.client_identity,
         pki.server_key.display(),
         pki.server_cert.display(),
         work.join("keys").display()
     );
+    if std::env::var_os("LOADBENCH_HSM").is_some() {
+        config.push_str(&softhsm_token(&work)?);
+        eprintln!("loadbench: the fs store is sealed by SoftHSM2 (hsm:)");
+    }
     std::fs::write(work.join("kes.yml"), config).map_err(|e| e.to_string())?;
     let kes = spawn_kes(&kes_bin, &work.join("kes.yml"), &root)?;
     let kes_url = format!("https://127.0.0.1:{kes_port}");
@@ -584,6 +590,17 @@ fn fleet_scenario(
         "cpu_us_per_request": if ok > 0 { cpu_secs * 1e6 / ok as f64 } else { 0.0 },
         "peak_rss_mib": rss_kib as f64 / 1024.0,
     }))
+}
+
+/// A SoftHSM2 token with an AES key in `work` (SOFTHSM2_CONF is set for
+/// this process and so for the kes it starts); the `hsm:` section.
+fn softhsm_token(work: &Path) -> Result<String, String> {
+    let conf = kes_testkit::softhsm_token(work)?;
+    std::env::set_var("SOFTHSM2_CONF", conf);
+    Ok(format!(
+        "hsm:\n  pkcs11:\n    module: {}\n    token: kes\n    pin: \"1234\"\n    key: kes-wrap\n",
+        kes_testkit::SOFTHSM_MODULE
+    ))
 }
 
 /// Starts `kes server --config <config>` and waits until it listens.

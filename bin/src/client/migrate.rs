@@ -1,4 +1,5 @@
-//! `kes migrate`: copy key files between the stores of two config files.
+//! `kes migrate`: copy key files between the stores of two config files,
+//! or seal (unseal) the store of one config in place with its `hsm:`.
 
 use std::io::IsTerminal;
 
@@ -23,18 +24,88 @@ pub struct MigrateCmd {
     /// no progress output
     #[argh(switch, short = 'q')]
     quiet: bool,
+    /// seal every key of the --from store in place with its hsm: section
+    #[argh(switch)]
+    to_hsm: bool,
+    /// unseal every key of the --from store in place (leaving the HSM)
+    #[argh(switch)]
+    from_hsm: bool,
     /// key name pattern (glob, default *)
     #[argh(positional, default = "String::from(\"*\")")]
     pattern: String,
 }
 
+/// A config file, parsed, with a store that persists.
+fn load(file: &str) -> Result<kes_core::Config, String> {
+    let text = std::fs::read_to_string(file).map_err(|e| format!("cannot read '{file}': {e}"))?;
+    let config = kes_core::Config::parse(&text, &|n| std::env::var(n).ok())
+        .map_err(|e| format!("{file}: {e}"))?;
+    if config.keystore == kes_core::config::KeystoreConfig::Memory {
+        return Err(format!("{file}: no persistent key store configured (nothing to migrate)"));
+    }
+    Ok(config)
+}
+
 impl MigrateCmd {
+    /// `--to-hsm` / `--from-hsm`: every key of one store, in place.
+    fn reseal(self) -> Result<(), String> {
+        use kes_adapters::store::hsm::{reseal, Hsm, Resealed};
+        use kes_core::{Command, KeyName, StoreReply};
+        if self.to_hsm && self.from_hsm {
+            return Err("mutually exclusive options '--to-hsm' and '--from-hsm' specified".into());
+        }
+        if self.to.is_some() {
+            return Err("'--to-hsm' and '--from-hsm' work in place: give only '--from'".into());
+        }
+        let file = self.from.ok_or("no config file specified. Use '--from' to name one")?;
+        let config = load(&file)?;
+        let hsm_cfg = config.hsm.as_ref().ok_or_else(|| format!("{file}: no hsm: section"))?;
+        let hsm = Hsm::open(hsm_cfg).map_err(|e| format!("{file}: {e}"))?;
+        let raw = kes_adapters::store::open(&config.keystore)
+            .map(|o| o.store)
+            .map_err(|e| format!("{file}: {e}"))?;
+        let mut names: Vec<KeyName> = match raw.execute(Command::List) {
+            Ok(StoreReply::Names(n)) => n
+                .iter()
+                .filter_map(|n| KeyName::parse(n).ok().or_else(|| KeyName::of_staging(n)))
+                .filter(|n| kes_core::policy::glob_match(&self.pattern, n.as_str()))
+                .collect(),
+            Ok(_) => Vec::new(),
+            Err(e) => return Err(format!("listing '{file}': {e}")),
+        };
+        names.sort();
+        names.dedup();
+        let (mut changed, mut unchanged, mut busy) = (0, 0, Vec::new());
+        for name in &names {
+            match reseal(raw.as_ref(), &hsm, name, self.to_hsm)? {
+                Resealed::Changed => changed += 1,
+                Resealed::Unchanged => unchanged += 1,
+                Resealed::Busy => busy.push(name.to_string()),
+                Resealed::Gone => {}
+            }
+        }
+        let verb = if self.to_hsm { "Sealed" } else { "Unsealed" };
+        if !self.quiet {
+            eprintln!("{verb} {changed} keys ({unchanged} already were)");
+        }
+        if !busy.is_empty() {
+            return Err(format!(
+                "{} keys were being changed by a server, run again: {}",
+                busy.len(),
+                busy.join(", ")
+            ));
+        }
+        Ok(())
+    }
+
     pub fn run(self) -> Result<(), String> {
         use kes_adapters::store::KeyStore;
-        use kes_core::config::KeystoreConfig;
         use kes_core::{Command, StoreError, StoreReply};
         if self.force && self.merge {
             return Err("mutually exclusive options '--force' and '--merge' specified".into());
+        }
+        if self.to_hsm || self.from_hsm {
+            return self.reseal();
         }
         let from = self
             .from
@@ -42,15 +113,7 @@ impl MigrateCmd {
         let to =
             self.to.ok_or("no migration target specified. Use '--to' to specify a config file")?;
         let store = |file: &str| -> Result<std::sync::Arc<dyn KeyStore>, String> {
-            let text =
-                std::fs::read_to_string(file).map_err(|e| format!("cannot read '{file}': {e}"))?;
-            let config = kes_core::Config::parse(&text, &|n| std::env::var(n).ok())
-                .map_err(|e| format!("{file}: {e}"))?;
-            if config.keystore == KeystoreConfig::Memory {
-                return Err(format!(
-                    "{file}: no persistent key store configured (nothing to migrate)"
-                ));
-            }
+            let config = load(file)?;
             kes_adapters::store::open(&config.keystore)
                 .map(|o| o.store)
                 .map_err(|e| format!("{file}: {e}"))

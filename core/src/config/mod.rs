@@ -57,6 +57,8 @@ pub struct Config {
     pub compat: Compat,
     /// Scheduled key rotation (`rotation:`, an extension), first match wins.
     pub rotation: Vec<RotationRule>,
+    /// Key values sealed at rest by an HSM (`hsm:`, an extension).
+    pub hsm: Option<HsmConfig>,
     /// Things the operator should know that are not errors.
     pub warnings: Vec<String>,
 }
@@ -147,6 +149,20 @@ pub struct PolicyConfig {
     pub deny: Vec<String>,
     /// Bound identities.
     pub identities: Vec<Identity>,
+}
+
+/// The `hsm.pkcs11` section: every key value written to the store is
+/// sealed by `key` on the token, and unsealed there when read.
+#[derive(Clone, Debug)]
+pub struct HsmConfig {
+    /// The vendor's PKCS#11 library, loaded at start-up.
+    pub module: String,
+    /// The token's label (slot ids are not stable).
+    pub token: String,
+    /// The user PIN.
+    pub pin: Secret,
+    /// The label of an AES-256 secret key on the token.
+    pub key: String,
 }
 
 /// One `rotation:` entry: keys whose name matches `key` get a new version
@@ -432,6 +448,7 @@ impl Config {
             keystore: KeystoreConfig::Memory,
             compat: Compat::default(),
             rotation: Vec::new(),
+            hsm: None,
             warnings: Vec::new(),
         }
     }
@@ -597,6 +614,25 @@ compat:
                 assert_eq!(e.line, Some(line), "{bad}: {e}");
             }
         }
+    }
+
+    #[test]
+    fn hsm_section_is_read_and_checked() {
+        let text = "hsm:\n  pkcs11:\n    module: /usr/lib/softhsm/libsofthsm2.so\n    token: kes\n    pin: ${PIN}\n    key: kes-wrap\n";
+        let env = |n: &str| (n == "PIN").then(|| "1234".to_owned());
+        let c = Config::parse(text, &env).unwrap();
+        let h = c.hsm.unwrap();
+        assert_eq!(
+            (h.module.as_str(), h.token.as_str(), h.key.as_str()),
+            ("/usr/lib/softhsm/libsofthsm2.so", "kes", "kes-wrap")
+        );
+        assert_eq!(h.pin.expose(), "1234");
+        assert!(format!("{:?}", h.pin).contains("redacted"));
+        assert!(!c.warnings.iter().any(|w| w.contains("unknown")), "{:?}", c.warnings);
+        let e = Config::parse("hsm:\n  pkcs11:\n    module: m\n    pin: p\n    key: k\n", &env)
+            .unwrap_err();
+        assert!(e.message.contains("no 'token'"), "{e}");
+        assert!(Config::parse("hsm:\n", &env).unwrap().hsm.is_none());
     }
 
     #[test]

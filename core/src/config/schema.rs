@@ -33,6 +33,23 @@ pub(super) struct Raw {
     pub(super) keystore: Option<serde_yaml::Value>,
     pub(super) compat: Option<RawCompat>,
     pub(super) rotation: Option<Vec<RawRotation>>,
+    pub(super) hsm: Option<RawHsm>,
+}
+
+/// The `hsm:` section (an extension of KES).
+#[derive(Deserialize, Default)]
+#[serde(default)]
+pub(super) struct RawHsm {
+    pub(super) pkcs11: Option<RawPkcs11>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+pub(super) struct RawPkcs11 {
+    pub(super) module: Option<Text>,
+    pub(super) token: Option<Text>,
+    pub(super) pin: Option<Text>,
+    pub(super) key: Option<Text>,
 }
 
 /// One `rotation:` entry (an extension of KES).

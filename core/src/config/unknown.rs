@@ -65,6 +65,10 @@ const ROOT: Shape = Map(&[
     ("compat", Map(&[("api", Any), ("ciphertext", Any)])),
     // A list of `- key: ... every: ...` entries (validated as parsed).
     ("rotation", Any),
+    (
+        "hsm",
+        Map(&[("pkcs11", Map(&[("module", Any), ("token", Any), ("pin", Any), ("key", Any)]))]),
+    ),
 ]);
 
 /// One warning per unknown key, naming its line and its full path.

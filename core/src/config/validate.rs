@@ -6,11 +6,13 @@
 use std::collections::BTreeMap;
 
 use super::schema::{
-    scalar_text, Raw, RawApi, RawCache, RawCompat, RawLog, RawPolicy, RawRotation, RawTls, Text,
+    scalar_text, Raw, RawApi, RawCache, RawCompat, RawHsm, RawLog, RawPolicy, RawRotation, RawTls,
+    Text,
 };
 use super::{
     keystore, AdminSetting, ApiCompat, ApiOverride, CacheConfig, Compat, Config, ConfigError,
-    LogConfig, PolicyConfig, RotationRule, TlsConfig, DEFAULT_PROXY_HEADER, MIN_ROTATION_EVERY,
+    HsmConfig, LogConfig, PolicyConfig, RotationRule, Secret, TlsConfig, DEFAULT_PROXY_HEADER,
+    MIN_ROTATION_EVERY,
 };
 use crate::crypto::CiphertextFormat;
 use crate::identity::Identity;
@@ -58,6 +60,7 @@ impl Raw {
             keystore: keystore::select(keystore_value.as_ref(), &mut warnings)?,
             compat: compat(self.compat.unwrap_or_default())?,
             rotation: rotation(self.rotation.unwrap_or_default())?,
+            hsm: self.hsm.map(hsm).transpose()?.flatten(),
             warnings,
         })
     }
@@ -206,6 +209,20 @@ fn cache(raw: Option<RawCache>) -> CacheConfig {
         }
     }
     cache
+}
+
+/// `hsm.pkcs11`: all four fields, or a message naming the missing one.
+fn hsm(raw: RawHsm) -> Result<Option<HsmConfig>, ConfigError> {
+    let Some(p) = raw.pkcs11 else { return Ok(None) };
+    let need = |v: Option<Text>, field: &str| {
+        text(v).ok_or_else(|| ConfigError::new(format!("hsm.pkcs11: no '{field}' specified")))
+    };
+    Ok(Some(HsmConfig {
+        module: need(p.module, "module")?,
+        token: need(p.token, "token")?,
+        pin: Secret::new(need(p.pin, "pin")?),
+        key: need(p.key, "key")?,
+    }))
 }
 
 /// `rotation:` entries: each needs a well-formed key glob and a period of

@@ -15,6 +15,7 @@ pub mod ciphertext;
 pub mod key;
 pub mod keyfile;
 pub mod ring;
+pub mod sealed;
 pub mod secret;
 
 pub use aead::{Algorithm, NotAuthentic};

@@ -182,7 +182,9 @@ impl Server {
                     Ok(())
                 }
                 Err(e) => {
-                    self.error_event(format!("key '{name}': {e}"), now);
+                    let why = crate::crypto::sealed::explain(v.expose());
+                    let why = why.unwrap_or_else(|| e.to_string());
+                    self.error_event(format!("key '{name}': {why}"), now);
                     Err(ApiError::KeyMalformed)
                 }
             },

@@ -404,7 +404,8 @@ impl Server {
         now: Now,
     ) -> Result<KeyRing, ApiError> {
         KeyRing::decode(v).map_err(|e| {
-            self.error_event(format!("key '{name}': {e}"), now);
+            let why = crate::crypto::sealed::explain(v).unwrap_or_else(|| e.to_string());
+            self.error_event(format!("key '{name}': {why}"), now);
             ApiError::KeyMalformed
         })
     }
