@@ -65,6 +65,8 @@ struct Shared {
     routes: RwLock<RouteTable>,
     hub: Arc<LogHub>,
     live: Arc<LiveCounters>,
+    /// Full TLS handshakes per client address.
+    handshakes: crate::handshakes::Handshakes,
     /// Set on shutdown: stop accepting, close connections between requests.
     draining: AtomicBool,
     /// Closed on shutdown, waking idle connections and the accept loop.
@@ -92,6 +94,7 @@ impl RunningServer {
         }
         *write(&self.shared.proxy) = proxy;
         *write(&self.shared.routes) = RouteTable::from_config(&config);
+        self.shared.handshakes.set_rate(config.tls.handshake_rate);
         self.shared.driver.send(Input::Reload(Box::new(config)));
         Ok(())
     }
@@ -175,6 +178,7 @@ pub fn start(opts: ServerOptions) -> Result<RunningServer, String> {
     let hub = Arc::new(LogHub::new(opts.config.log.audit, opts.config.log.error));
     let routes = RouteTable::from_config(&opts.config);
     let proxy = proxy_config(&opts.config)?;
+    let handshakes = crate::handshakes::Handshakes::new(opts.config.tls.handshake_rate);
     let mut server = Server::new(opts.config, clock::now(), &mut OsRng);
     driver::run_startup(&mut server, opts.store.as_ref(), &hub)?;
     let listener = Async::<TcpListener>::bind(opts.addr)
@@ -192,6 +196,7 @@ pub fn start(opts: ServerOptions) -> Result<RunningServer, String> {
         routes: RwLock::new(routes),
         hub,
         live,
+        handshakes,
         draining: AtomicBool::new(false),
         drain_signal,
         drain_trigger,
@@ -235,6 +240,10 @@ async fn accept_loop(
                 continue;
             }
         };
+        if !shared.handshakes.admit(peer.ip(), Instant::now()) {
+            shared.live.handshakes_refused.fetch_add(1, Ordering::Relaxed);
+            continue; // closed before the handshake
+        }
         let _ = tcp.get_ref().set_nodelay(true);
         let Some(ex) = ex.upgrade() else { return };
         let shared = shared.clone();

@@ -12,6 +12,8 @@ pub struct LiveCounters {
     pub connections: AtomicU64,
     /// Requests read and not yet answered.
     pub active: AtomicU64,
+    /// Connections closed before their TLS handshake (`tls.handshake_rate`).
+    pub handshakes_refused: AtomicU64,
 }
 
 /// A fresh snapshot.
@@ -45,5 +47,6 @@ pub fn read(live: &LiveCounters) -> SystemInfo {
         mem_resident: rss,
         open_connections: live.connections.load(Ordering::Relaxed),
         active_requests: live.active.load(Ordering::Relaxed),
+        handshakes_refused: live.handshakes_refused.load(Ordering::Relaxed),
     }
 }

@@ -66,6 +66,7 @@ fn seed_policy_tables() {
         config.policies.insert(
             "my-policy".into(),
             PolicyConfig {
+                limits: None,
                 allow: allow.iter().map(|s| s.to_string()).collect(),
                 deny: deny.iter().map(|s| s.to_string()).collect(),
                 identities: vec![app.identity],

@@ -60,6 +60,7 @@ fn config(s: &Setup, auth: bool) -> Config {
     c.policies.insert(
         "app".into(),
         PolicyConfig {
+            limits: None,
             allow: vec!["/v1/key/create/app-*".into(), "/v1/identity/self/describe".into()],
             deny: vec![],
             identities: vec![s.app.identity, s.chained.identity, s.lone_ca.identity],

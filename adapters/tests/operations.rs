@@ -225,6 +225,7 @@ fn tls_proxy_with_nginx() {
     config.policies.insert(
         "app".into(),
         PolicyConfig {
+            limits: None,
             allow: vec!["/v1/key/create/app-*".into()],
             deny: vec![],
             identities: vec![app.identity],
@@ -280,6 +281,7 @@ fn reload_under_load_fails_nothing() {
     config.policies.insert(
         "app".into(),
         PolicyConfig {
+            limits: None,
             allow: vec!["/v1/key/generate/*".into()],
             deny: vec![],
             identities: vec![app.identity],

@@ -240,6 +240,8 @@ fn run_dev(addr: &str) -> Result<(), String> {
     let mut config = Config::empty();
     config.admin = AdminSetting::Identity(admin);
     config.log.audit = true;
+    // A development server takes whatever a local load test opens.
+    config.tls.handshake_rate = 0;
     let auth = ClientAuth { verify: false, required: true };
     let tls_config = tls::server_config(&server_cert_path, &server_key_path, None, auth, None)?;
     let running = start(ServerOptions {

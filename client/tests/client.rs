@@ -83,6 +83,7 @@ fn policy_denial_is_not_allowed() {
         cfg.policies.insert(
             "app".into(),
             PolicyConfig {
+                limits: None,
                 allow: vec!["/v1/key/create/app-*".into()],
                 deny: vec![],
                 identities: vec![app_id],

@@ -34,6 +34,7 @@ mod der;
 pub mod event;
 pub mod identity;
 pub mod keystore;
+pub mod limits;
 pub mod metrics;
 pub mod name;
 pub mod policy;

@@ -69,6 +69,10 @@ pub struct Metrics {
     pub audit_stalled: bool,
     /// Ciphertexts opened under a key version older than the key's newest.
     pub unseals_older_version: u64,
+    /// Requests refused with 429 by the budget of a policy (by policy
+    /// name; `(admin)` for the admin's): the label set is the configured
+    /// policies, so it stays bounded.
+    pub throttled: std::collections::BTreeMap<String, u64>,
     /// Key versions the rotation schedule created on this node.
     pub rotations_scheduled: u64,
     /// Scheduled rotation checks (or their listings) that failed.
@@ -100,6 +104,9 @@ pub struct SystemInfo {
     pub open_connections: u64,
     /// Requests received and not yet answered.
     pub active_requests: u64,
+    /// Connections closed before their TLS handshake (over
+    /// `tls.handshake_rate` for their address).
+    pub handshakes_refused: u64,
 }
 
 impl Metrics {
@@ -132,6 +139,14 @@ impl Metrics {
                 let _ = writeln!(s, "{name}{{code=\"{code}\"}} {n}");
             }
         }
+        let _ = writeln!(s, "# HELP kes_http_request_throttled Number of requests refused with 429 by a policy's limits.\n# TYPE kes_http_request_throttled counter");
+        for (policy, n) in &self.throttled {
+            let _ = writeln!(
+                s,
+                "kes_http_request_throttled{{policy=\"{}\"}} {n}",
+                policy.replace(['\\', '"', '\n'], "_")
+            );
+        }
         let _ = writeln!(s, "# HELP kes_http_request_active Number of active requests that are not finished, yet.\n# TYPE kes_http_request_active gauge\nkes_http_request_active {}", sys.active_requests.max(active as u64));
         self.response_time.render(
             &mut s,
@@ -152,13 +167,14 @@ impl Metrics {
     }
 
     /// Every single-valued metric: name, type, help, value.
-    fn scalars(&self, uptime: Duration, sys: &SystemInfo) -> [(&str, &str, &str, String); 17] {
+    fn scalars(&self, uptime: Duration, sys: &SystemInfo) -> [(&str, &str, &str, String); 18] {
         let uptime_10ms = uptime.as_millis() / 10;
         #[rustfmt::skip]
         let table = [
             ("kes_cache_hits", "counter", "Key lookups answered from the key cache.", self.cache_hits.to_string()),
             ("kes_cache_misses", "counter", "Key lookups that went to the key store.", self.cache_misses.to_string()),
             ("kes_http_connections_open", "gauge", "Open client connections.", sys.open_connections.to_string()),
+            ("kes_tls_handshakes_refused", "counter", "Connections closed before the TLS handshake: their address was over tls.handshake_rate.", sys.handshakes_refused.to_string()),
             ("kes_system_mem_heap_objects", "gauge", "The number of allocated heap objects.", sys.mem_heap_objects.to_string()),
             ("kes_system_mem_resident", "gauge", "Resident memory of the process in bytes.", sys.mem_resident.to_string()),
             ("kes_log_error_events", "counter", "Number of error log events written.", self.error_events.to_string()),

@@ -17,6 +17,9 @@
 //! of a real store.
 //! LOADBENCH_HSM=1 seals the main kes's fs store with SoftHSM2 (`hsm:`;
 //! needs softhsm2 and opensc): cached-key figures must match a run without.
+//! Two tenants: a third kes where identity A (policy limit 500/s, burst
+//! 1000) floods with 48 connections while B (no limit) runs 16; reports A's
+//! admitted rate and B's p99 alone and under A's flood ("tenants").
 //! LOADBENCH_ONLY=a,b runs only the scenarios whose label contains one of
 //! the words ("fleet" for the three-node figure), e.g. `list` for the
 //! uncached listing through kes beside OpenBao answering it directly.
@@ -379,6 +382,10 @@ http {{
             p99_ratio
         );
     }
+    let tenants = match wanted("two tenants") {
+        true => Some(two_tenants(&work, &root, &kes_bin, &pki, secs)?),
+        false => None,
+    };
     let rps = |label: &str| {
         results.iter().find(|r| r["scenario"] == label).and_then(|r| r["rps"].as_f64())
     };
@@ -395,6 +402,7 @@ http {{
         "kes_threads": threads,
         "machine": machine(),
         "results": results,
+        "two_tenants": tenants,
     });
     let path = work.join("results.json");
     std::fs::write(&path, serde_json::to_string_pretty(&report).unwrap_or_default())
@@ -647,6 +655,96 @@ fn kes_curl(pki: &Pki, method: &str, url: &str, body: &str) -> Result<String, St
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
+/// oha against `url` as the client `cert`/`key`: its JSON report.
+fn oha(
+    url: &str,
+    cert: &Path,
+    key: &Path,
+    conns: u32,
+    secs: u64,
+    body: &str,
+) -> Result<Value, String> {
+    let out = Command::new("oha")
+        .args(["--no-tui", "--output-format", "json", "--insecure", "-z", &format!("{secs}s")])
+        .args(["-c", &conns.to_string(), "-m", "PUT", "-d", body, "--cert"])
+        .arg(cert)
+        .arg("--key")
+        .arg(key)
+        .arg(url)
+        .output()
+        .map_err(|e| format!("oha: {e}"))?;
+    serde_json::from_slice(&out.stdout).map_err(|e| format!("oha output: {e}"))
+}
+
+/// The two-tenant figure (issue: one noisy application must not starve the
+/// others): B alone, then B while A floods over its limit.
+fn two_tenants(
+    work: &Path,
+    root: &Path,
+    kes_bin: &Path,
+    pki: &Pki,
+    secs: u64,
+) -> Result<Value, String> {
+    let dir = work.join("tenants");
+    std::fs::create_dir_all(dir.join("keys")).map_err(|e| e.to_string())?;
+    let (a_cert, a_key, a_id) = client_cert(&dir, "a")?;
+    let (b_cert, b_key, b_id) = client_cert(&dir, "b")?;
+    let port = free_port();
+    let config = format!(
+        "address: 127.0.0.1:{port}\nadmin:\n  identity: {}\ntls:\n  key: {}\n  cert: {}\nlog:\n  error: on\n  audit: off\npolicy:\n  a:\n    allow: [/v1/key/generate/*]\n    identities: [{a_id}]\n    limits:\n      rate: 500\n      burst: 1000\n  b:\n    allow: [/v1/key/generate/*]\n    identities: [{b_id}]\nkeystore:\n  fs:\n    path: {}\n",
+        pki.client_identity,
+        pki.server_key.display(),
+        pki.server_cert.display(),
+        dir.join("keys").display()
+    );
+    std::fs::write(dir.join("kes.yml"), config).map_err(|e| e.to_string())?;
+    let kes = spawn_kes(kes_bin, &dir.join("kes.yml"), root)?;
+    let url = format!("https://127.0.0.1:{port}/v1/key/generate/bench");
+    kes_curl(pki, "PUT", &format!("https://127.0.0.1:{port}/v1/key/create/bench"), "")?;
+    let body = r#"{"context":"eyJidWNrZXQiOiJwaG90b3MifQ=="}"#;
+    let p99 = |r: &Value| r["latencyPercentiles"]["p99"].as_f64().unwrap_or(0.0) * 1000.0;
+    let count = |r: &Value, code: &str| r["statusCodeDistribution"][code].as_u64().unwrap_or(0);
+    eprintln!("loadbench: two tenants: B alone (16 connections, {secs}s)");
+    let alone = oha(&url, &b_cert, &b_key, 16, secs, body)?;
+    eprintln!("loadbench: two tenants: A floods (48 connections) while B runs (16), {secs}s");
+    let (u, c, k) = (url.clone(), a_cert.clone(), a_key.clone());
+    let flood = std::thread::spawn(move || oha(&u, &c, &k, 48, secs, body));
+    let under = oha(&url, &b_cert, &b_key, 16, secs, body)?;
+    let flood = flood.join().map_err(|_| "oha thread")??;
+    drop(kes);
+    let a_rate = count(&flood, "200") as f64 / secs as f64;
+    let (idle, loaded) = (p99(&alone), p99(&under));
+    println!(
+        "\ntwo tenants: A admitted {a_rate:.0}/s (limit 500/s; {} refused with 429); B p99 alone {idle:.2} ms, under A's flood {loaded:.2} ms ({:.2}x); B errors: {}",
+        count(&flood, "429"),
+        if idle > 0.0 { loaded / idle } else { 0.0 },
+        count(&under, "429") + count(&under, "503"),
+    );
+    Ok(json!({
+        "a_admitted_per_s": a_rate,
+        "a_refused": count(&flood, "429"),
+        "a_limit_per_s": 500,
+        "b_p99_ms_alone": idle,
+        "b_p99_ms_under_flood": loaded,
+        "b_rps_alone": alone["summary"]["requestsPerSec"],
+        "b_rps_under_flood": under["summary"]["requestsPerSec"],
+    }))
+}
+
+/// A client certificate in `dir`: its files and identity.
+fn client_cert(dir: &Path, name: &str) -> Result<(PathBuf, PathBuf, String), String> {
+    let e = |e: rcgen::Error| e.to_string();
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).map_err(e)?;
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).map_err(e)?;
+    params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+    let cert = params.self_signed(&key).map_err(e)?;
+    let id = kes_core::Identity::from_certificate(cert.der()).map_err(|e| e.to_string())?;
+    let (c, k) = (dir.join(format!("{name}.cert")), dir.join(format!("{name}.key")));
+    std::fs::write(&c, cert.pem()).map_err(|e| e.to_string())?;
+    std::fs::write(&k, key.serialize_pem()).map_err(|e| e.to_string())?;
+    Ok((c, k, id.to_string()))
+}
+
 /// One more kes node on the OpenBao dev server.
 fn spawn_vault_kes(
     work: &Path,
@@ -683,26 +781,17 @@ impl Pki {
         let params = rcgen::CertificateParams::new(vec!["localhost".into(), "127.0.0.1".into()])
             .map_err(e)?;
         let server_cert = params.self_signed(&server_key).map_err(e)?;
-        let client_key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).map_err(e)?;
-        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).map_err(e)?;
-        params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
-        let client_cert = params.self_signed(&client_key).map_err(e)?;
-        let client_identity = kes_core::Identity::from_certificate(client_cert.der())
-            .map_err(|e| e.to_string())?
-            .to_string();
+        let (client_cert, client_key, client_identity) = client_cert(dir, "client")?;
         let p = Self {
             server_cert: dir.join("server.cert"),
             server_key: dir.join("server.key"),
-            client_cert: dir.join("client.cert"),
-            client_key: dir.join("client.key"),
+            client_cert,
+            client_key,
             client_identity,
         };
-        for (path, text) in [
-            (&p.server_cert, server_cert.pem()),
-            (&p.server_key, server_key.serialize_pem()),
-            (&p.client_cert, client_cert.pem()),
-            (&p.client_key, client_key.serialize_pem()),
-        ] {
+        for (path, text) in
+            [(&p.server_cert, server_cert.pem()), (&p.server_key, server_key.serialize_pem())]
+        {
             std::fs::write(path, text).map_err(|e| e.to_string())?;
         }
         Ok(p)

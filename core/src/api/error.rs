@@ -12,6 +12,13 @@ use crate::name::NameError;
 pub enum ApiError {
     /// The caller presented no usable certificate.
     NoIdentity(IdentityError),
+    /// Over the caller's budget (policy `limits:`).
+    Throttled {
+        /// Names the limit.
+        message: String,
+        /// When to try again, in whole seconds (`Retry-After`).
+        retry_after: u64,
+    },
     /// Policy denies the request.
     NotAllowed,
     /// Only the admin may do this.
@@ -115,6 +122,7 @@ impl ApiError {
         let (status, msg): (StatusCode, &str) = match self {
             Self::NoIdentity(e @ IdentityError::Untrusted) => return (S::FORBIDDEN, e.to_string()),
             Self::NoIdentity(e) => return (S::BAD_REQUEST, e.to_string()),
+            Self::Throttled { message, .. } => return (S::TOO_MANY_REQUESTS, message.clone()),
             Self::NotAllowed | Self::AdminOnly => {
                 (S::FORBIDDEN, "not authorized: insufficient permissions")
             }
@@ -188,6 +196,9 @@ impl ApiError {
         let mut r = Response::error(status, &msg);
         if let Self::MethodNotAllowed { want, .. } = self {
             r.headers.push(("Accept", (*want).into()));
+        }
+        if let Self::Throttled { retry_after, .. } = self {
+            r.headers.push(("Retry-After", retry_after.to_string().into()));
         }
         r
     }

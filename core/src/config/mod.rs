@@ -24,6 +24,7 @@ use std::time::Duration;
 
 use crate::crypto::CiphertextFormat;
 use crate::identity::Identity;
+pub use crate::limits::Limit;
 use env::expand_env;
 use schema::Raw;
 
@@ -59,6 +60,10 @@ pub struct Config {
     pub rotation: Vec<RotationRule>,
     /// Key values sealed at rest by an HSM (`hsm:`, an extension).
     pub hsm: Option<HsmConfig>,
+    /// The budget of identities whose policy names none (`limits:`).
+    pub limits: Option<Limit>,
+    /// The admin's budget (`admin.limits`); unlimited when unset.
+    pub admin_limits: Option<Limit>,
     /// Things the operator should know that are not errors.
     pub warnings: Vec<String>,
 }
@@ -112,7 +117,16 @@ pub struct TlsConfig {
     pub proxy_identities: Vec<Identity>,
     /// Header carrying the forwarded client certificate.
     pub proxy_header: String,
+    /// Full TLS handshakes per client IP per second (`tls.handshake_rate`,
+    /// an extension; 0: unlimited). Over it, connections are closed
+    /// before the handshake.
+    pub handshake_rate: u32,
 }
+
+/// `tls.handshake_rate` when unset: generous for any real client (each
+/// TLS session resumes or keeps its connection), low enough that one
+/// address cannot keep a core busy with handshakes.
+pub const DEFAULT_HANDSHAKE_RATE: u32 = 200;
 
 /// The header KES's sample config names for forwarded certificates.
 pub const DEFAULT_PROXY_HEADER: &str = "X-Tls-Client-Cert";
@@ -127,6 +141,7 @@ impl Default for TlsConfig {
             ca: None,
             proxy_identities: Vec::new(),
             proxy_header: DEFAULT_PROXY_HEADER.to_owned(),
+            handshake_rate: DEFAULT_HANDSHAKE_RATE,
         }
     }
 }
@@ -149,6 +164,8 @@ pub struct PolicyConfig {
     pub deny: Vec<String>,
     /// Bound identities.
     pub identities: Vec<Identity>,
+    /// Each bound identity's budget (`limits:`, an extension).
+    pub limits: Option<Limit>,
 }
 
 /// The `hsm.pkcs11` section: every key value written to the store is
@@ -449,6 +466,8 @@ impl Config {
             compat: Compat::default(),
             rotation: Vec::new(),
             hsm: None,
+            limits: None,
+            admin_limits: None,
             warnings: Vec::new(),
         }
     }
@@ -633,6 +652,32 @@ compat:
             .unwrap_err();
         assert!(e.message.contains("no 'token'"), "{e}");
         assert!(Config::parse("hsm:\n", &env).unwrap().hsm.is_none());
+    }
+
+    #[test]
+    fn limits_are_read_and_checked() {
+        let text = "admin:\n  identity: disabled\n  limits:\n    rate: 5\npolicy:\n  minio:\n    allow: [/v1/key/generate/*]\n    limits:\n      rate: 500\n      burst: 1000\n      concurrent: 64\nlimits:\n  concurrent: 8\ntls:\n  handshake_rate: 50\n";
+        let c = Config::parse(text, &env).unwrap();
+        let l = |rate, burst, concurrent| Some(Limit { rate, burst, concurrent });
+        assert_eq!(c.policies["minio"].limits, l(Some(500), 1000, Some(64)));
+        assert_eq!(c.limits, l(None, 0, Some(8)));
+        assert_eq!(c.admin_limits, l(Some(5), 5, None), "burst defaults to one second's worth");
+        assert_eq!(c.tls.handshake_rate, 50);
+        assert!(!c.warnings.iter().any(|w| w.contains("unknown")), "{:?}", c.warnings);
+        assert_eq!(Config::parse("", &env).unwrap().tls.handshake_rate, DEFAULT_HANDSHAKE_RATE);
+        for (bad, says) in [
+            ("limits:\n  rate: 0\n", "invalid limits.rate '0'"),
+            ("limits:\n  burst: 10\n", "'burst' needs a 'rate'"),
+            ("limits: {}\n", "set 'rate' or 'concurrent'"),
+            (
+                "policy:\n  p:\n    limits:\n      rate: lots\n",
+                "invalid policy.p.limits.rate 'lots'",
+            ),
+            ("tls:\n  handshake_rate: -1\n", "invalid tls.handshake_rate '-1'"),
+        ] {
+            let e = Config::parse(bad, &env).unwrap_err();
+            assert!(e.message.contains(says), "{bad}: {e}");
+        }
     }
 
     #[test]

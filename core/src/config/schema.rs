@@ -34,6 +34,16 @@ pub(super) struct Raw {
     pub(super) compat: Option<RawCompat>,
     pub(super) rotation: Option<Vec<RawRotation>>,
     pub(super) hsm: Option<RawHsm>,
+    pub(super) limits: Option<RawLimits>,
+}
+
+/// A `limits:` section (policy, admin, default): an extension of KES.
+#[derive(Deserialize, Default)]
+#[serde(default)]
+pub(super) struct RawLimits {
+    pub(super) rate: Option<Text>,
+    pub(super) burst: Option<Text>,
+    pub(super) concurrent: Option<Text>,
 }
 
 /// The `hsm:` section (an extension of KES).
@@ -64,6 +74,7 @@ pub(super) struct RawRotation {
 #[serde(default)]
 pub(super) struct RawAdmin {
     pub(super) identity: Option<Text>,
+    pub(super) limits: Option<RawLimits>,
 }
 
 #[derive(Deserialize, Default)]
@@ -75,6 +86,7 @@ pub(super) struct RawTls {
     pub(super) auth: Option<Switch>,
     pub(super) ca: Option<Text>,
     pub(super) proxy: Option<RawProxy>,
+    pub(super) handshake_rate: Option<Text>,
 }
 
 #[derive(Deserialize, Default)]
@@ -104,6 +116,7 @@ pub(super) struct RawPolicy {
     pub(super) deny: Option<Vec<Text>>,
     pub(super) paths: Option<Vec<Text>>,
     pub(super) identities: Option<Vec<Text>>,
+    pub(super) limits: Option<RawLimits>,
 }
 
 #[derive(Deserialize, Default)]

@@ -17,13 +17,16 @@ enum Shape {
 
 use Shape::{Any, Map, Named};
 
+/// A `limits:` section (policy, admin, default).
+const LIMITS: Shape = Map(&[("rate", Any), ("burst", Any), ("concurrent", Any)]);
+
 /// Both schema eras and our `compat` section (config.md §2.1, §3.1, §4).
 /// Store sections are checked by name only: their keys differ by version.
 const ROOT: Shape = Map(&[
     ("version", Any),
     ("address", Any),
     ("root", Any),
-    ("admin", Map(&[("identity", Any)])),
+    ("admin", Map(&[("identity", Any), ("limits", LIMITS)])),
     (
         "tls",
         Map(&[
@@ -33,10 +36,20 @@ const ROOT: Shape = Map(&[
             ("auth", Any),
             ("ca", Any),
             ("proxy", Map(&[("identities", Any), ("header", Map(&[("cert", Any)]))])),
+            ("handshake_rate", Any),
         ]),
     ),
     ("api", Named(&Map(&[("skip_auth", Any), ("timeout", Any)]))),
-    ("policy", Named(&Map(&[("allow", Any), ("deny", Any), ("paths", Any), ("identities", Any)]))),
+    (
+        "policy",
+        Named(&Map(&[
+            ("allow", Any),
+            ("deny", Any),
+            ("paths", Any),
+            ("identities", Any),
+            ("limits", LIMITS),
+        ])),
+    ),
     (
         "cache",
         Map(&[
@@ -65,6 +78,7 @@ const ROOT: Shape = Map(&[
     ("compat", Map(&[("api", Any), ("ciphertext", Any)])),
     // A list of `- key: ... every: ...` entries (validated as parsed).
     ("rotation", Any),
+    ("limits", LIMITS),
     (
         "hsm",
         Map(&[("pkcs11", Map(&[("module", Any), ("token", Any), ("pin", Any), ("key", Any)]))]),

@@ -6,13 +6,13 @@
 use std::collections::BTreeMap;
 
 use super::schema::{
-    scalar_text, Raw, RawApi, RawCache, RawCompat, RawHsm, RawLog, RawPolicy, RawRotation, RawTls,
-    Text,
+    scalar_text, Raw, RawApi, RawCache, RawCompat, RawHsm, RawLimits, RawLog, RawPolicy,
+    RawRotation, RawTls, Text,
 };
 use super::{
     keystore, AdminSetting, ApiCompat, ApiOverride, CacheConfig, Compat, Config, ConfigError,
-    HsmConfig, LogConfig, PolicyConfig, RotationRule, Secret, TlsConfig, DEFAULT_PROXY_HEADER,
-    MIN_ROTATION_EVERY,
+    HsmConfig, Limit, LogConfig, PolicyConfig, RotationRule, Secret, TlsConfig,
+    DEFAULT_HANDSHAKE_RATE, DEFAULT_PROXY_HEADER, MIN_ROTATION_EVERY,
 };
 use crate::crypto::CiphertextFormat;
 use crate::identity::Identity;
@@ -33,7 +33,12 @@ impl Raw {
                 return Err(ConfigError::new(format!("invalid config version '{v}': only v1")))
             }
         };
-        let admin_text = text(self.admin.and_then(|a| a.identity)).or_else(|| text(self.root));
+        let (admin_identity, admin_limits) = match self.admin {
+            Some(a) => (a.identity, a.limits),
+            None => (None, None),
+        };
+        let admin_limits = admin_limits.map(|l| limits("admin.limits", l)).transpose()?;
+        let admin_text = text(admin_identity).or_else(|| text(self.root));
         let admin = AdminSetting::from_text(admin_text.as_deref().unwrap_or(""));
         if let AdminSetting::Disabled(v) = &admin {
             warnings.push(format!(
@@ -61,6 +66,8 @@ impl Raw {
             compat: compat(self.compat.unwrap_or_default())?,
             rotation: rotation(self.rotation.unwrap_or_default())?,
             hsm: self.hsm.map(hsm).transpose()?.flatten(),
+            limits: self.limits.map(|l| limits("limits", l)).transpose()?,
+            admin_limits,
             warnings,
         })
     }
@@ -95,7 +102,16 @@ fn tls(
             proxy_header = h;
         }
     }
+    let handshake_rate = match text(raw.handshake_rate) {
+        None => DEFAULT_HANDSHAKE_RATE,
+        Some(t) => t.parse::<u32>().map_err(|_| {
+            ConfigError::new(format!(
+                "invalid tls.handshake_rate '{t}': a whole number of handshakes per second per client IP (0: unlimited)"
+            ))
+        })?,
+    };
     Ok(TlsConfig {
+        handshake_rate,
         key: text(raw.key),
         cert: text(raw.cert),
         password: raw.password.map(|t| t.0).filter(|s| !s.is_empty()),
@@ -159,7 +175,8 @@ fn policies(
             }
             identities.push(id);
         }
-        policies.insert(name, PolicyConfig { allow, deny, identities });
+        let limits = p.limits.map(|l| limits(&format!("policy.{name}.limits"), l)).transpose()?;
+        policies.insert(name, PolicyConfig { allow, deny, identities, limits });
     }
     Ok(policies)
 }
@@ -209,6 +226,30 @@ fn cache(raw: Option<RawCache>) -> CacheConfig {
         }
     }
     cache
+}
+
+/// A `limits:` section: `rate` (requests per second) with an optional
+/// `burst` (default: one second's worth), and/or `concurrent`.
+fn limits(at: &str, raw: RawLimits) -> Result<Limit, ConfigError> {
+    let number = |t: Option<Text>, field: &str| -> Result<Option<u32>, ConfigError> {
+        let Some(t) = text(t) else { return Ok(None) };
+        match t.parse::<u32>() {
+            Ok(n) if n > 0 => Ok(Some(n)),
+            _ => {
+                Err(ConfigError::new(format!("invalid {at}.{field} '{t}': a whole number above 0")))
+            }
+        }
+    };
+    let rate = number(raw.rate, "rate")?;
+    let burst = number(raw.burst, "burst")?;
+    let concurrent = number(raw.concurrent, "concurrent")?;
+    if burst.is_some() && rate.is_none() {
+        return Err(ConfigError::new(format!("invalid {at}: 'burst' needs a 'rate'")));
+    }
+    if rate.is_none() && concurrent.is_none() {
+        return Err(ConfigError::new(format!("invalid {at}: set 'rate' or 'concurrent'")));
+    }
+    Ok(Limit { rate, burst: burst.or(rate).unwrap_or(0), concurrent })
 }
 
 /// `hsm.pkcs11`: all four fields, or a message naming the missing one.

@@ -90,6 +90,13 @@ impl Server {
         check_method_and_query(route, &req)?;
         let (skip_auth, timeout) = self.overrides.get(index).copied().unwrap_or_default();
         self.authorize(route.auth, skip_auth, caller, &path)?;
+        // Budgets: for authenticated routes; the admin only with admin.limits.
+        if let (Some(identity), false) = (caller.identity(), skip_auth || route.auth == Auth::None)
+        {
+            let is_admin = Some(identity) == self.admin.identity();
+            let holds_slot = !matches!(route.op, Op::LogError | Op::LogAudit);
+            self.admit(id, identity, is_admin, holds_slot, now.instant)?;
+        }
         if req.body_too_large {
             return Err(ApiError::BodyTooLarge);
         }

@@ -10,6 +10,7 @@
 //! - [`args`]: reading names and body fields.
 
 mod args;
+mod budgets;
 mod call;
 mod dispatch;
 mod enclaves;
@@ -156,6 +157,7 @@ pub struct Server {
     startup_failures: Vec<String>,
     declared_open: usize,
     schedule: schedule::Schedule,
+    budgets: budgets::Budgets,
 }
 
 impl Server {
@@ -187,6 +189,7 @@ impl Server {
             startup_failures: Vec::new(),
             declared_open: 0,
             schedule: schedule::Schedule::default(),
+            budgets: budgets::Budgets::default(),
         };
         let keys = config.keys.clone();
         server.apply(config, now);
@@ -222,6 +225,7 @@ impl Server {
 
     fn apply(&mut self, config: Config, now: Now) {
         self.set_rotation(&config.rotation, now);
+        self.budgets.configure(&config);
         self.admin = config.admin;
         self.compat = config.compat;
         self.overrides = ROUTES
@@ -362,6 +366,7 @@ impl Server {
         }
         self.serve_stale_due(now, rng);
         self.schedule_timeout(now);
+        self.budgets.prune(now.instant);
         let expired: Vec<RequestId> = self
             .inflight
             .iter()
@@ -402,7 +407,8 @@ impl Server {
         let cache = self.cache.poll_timeout().map(|d| (d, "cache"));
         let stale = self.revalidating.values().flatten().min().map(|d| (*d, "stale"));
         let rotation = self.schedule.poll_timeout().map(|d| (d, "rotation"));
-        [requests, cache, stale, rotation].into_iter().flatten().min_by_key(|(d, _)| *d)
+        let budgets = self.budgets.poll_timeout().map(|d| (d, "limits"));
+        [requests, cache, stale, rotation, budgets].into_iter().flatten().min_by_key(|(d, _)| *d)
     }
 
     /// Requests waiting for the key store.
@@ -454,6 +460,7 @@ impl Server {
     }
 
     fn finish(&mut self, id: RequestId, ctx: &Ctx, mut resp: Response, now: Now) {
+        self.release(id);
         let elapsed = now.instant.saturating_duration_since(ctx.received);
         let code = resp.status.as_u16();
         self.metrics.observe(code, elapsed);
