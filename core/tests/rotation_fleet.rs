@@ -541,7 +541,7 @@ fn seeds(default: u64) -> Vec<u64> {
 /// Hours of fleet time, monthly-style periods scaled down to an hour.
 #[test]
 fn fleet_rotates_each_key_once_per_period_through_crashes() {
-    for seed in seeds(60) {
+    for seed in seeds(30) {
         let nodes = 2 + (seed % 4) as usize;
         run(seed, nodes, Duration::from_secs(3600), Duration::from_secs(12 * 3600), true);
     }
@@ -550,7 +550,7 @@ fn fleet_rotates_each_key_once_per_period_through_crashes() {
 /// Short periods: every sweep of every node races for the same keys.
 #[test]
 fn fleet_races_on_short_periods_without_double_rotation() {
-    for seed in seeds(60) {
+    for seed in seeds(30) {
         let nodes = 2 + (seed % 4) as usize;
         run(
             seed + 1_000_000,

@@ -594,6 +594,9 @@ mod direct {
         let (cid, cmd) = s.poll_command().unwrap();
         assert!(matches!(cmd, Command::Get { .. }), "then its staged state");
         s.handle_store_result(cid, Err(StoreError::NotFound), ms(6060), &mut rng);
+        let (cid, cmd) = s.poll_command().unwrap();
+        assert!(matches!(cmd, Command::Get { .. }), "and the entry once more");
+        s.handle_store_result(cid, Err(StoreError::NotFound), ms(6070), &mut rng);
         assert_eq!(answers(&mut s), [(6, 404)]);
         gen(&mut s, 7, ms(6100), &mut rng);
         assert!(s.poll_command().is_some(), "no copy left: the store is asked");

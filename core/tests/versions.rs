@@ -282,13 +282,12 @@ fn a_version_added_elsewhere_is_found_by_reading_the_key_again() {
         StatusCode::BAD_REQUEST
     );
     assert_eq!(a.store.executed, reads + 1, "no read for garbage within a second");
-    // With the store down, a re-read fails but the cached key still answers.
+    // With the store down, a re-read fails but the cached key still
+    // answers what it opens; what it does not open may be of a version it
+    // cannot learn of now, so that is the store's failure (retry), not 400.
     a.advance(Duration::from_secs(2));
     a.store.unreachable = true;
-    assert_eq!(
-        call(&mut a, Method::PUT, "/v1/key/decrypt/k", garbage).status,
-        StatusCode::BAD_REQUEST
-    );
+    assert!(call(&mut a, Method::PUT, "/v1/key/decrypt/k", garbage).status.is_server_error());
     let r = ok(&mut a, Method::PUT, "/v1/key/decrypt/k", json!({"ciphertext": new["ciphertext"]}));
     assert_eq!(r["version"], "2");
 }

@@ -106,9 +106,14 @@ impl Server {
             if !wait.is_zero() && self.cache.stale(name.as_str(), now.instant).is_some() {
                 self.revalidating.insert(name.clone(), Some(now.instant + wait));
             }
-            let cid = self.command(Command::Get { name: name.clone() }, now);
-            self.fetches.insert(cid, (name, Fetch::Key));
+            self.start_fetch(name, now);
         }
+    }
+
+    fn start_fetch(&mut self, name: KeyName, now: Now) {
+        self.fetch_started.insert(name.clone(), now.instant);
+        let cid = self.command(Command::Get { name: name.clone() }, now);
+        self.fetches.insert(cid, (name, Fetch::Key));
     }
 
     /// Stale-while-revalidate: the waiters of re-reads that took longer
@@ -170,15 +175,44 @@ impl Server {
                 return;
             }
             (Fetch::Recheck(staged), Err(StoreError::NotFound)) => Ok(StoreReply::Value(staged)),
+            // Neither entry nor staged copy: the change may have finished
+            // between the two reads (entry created, copy deleted); the
+            // entry answers.
+            (Fetch::Staged, Err(StoreError::NotFound)) => {
+                let cid = self.command(Command::Get { name: name.clone() }, now);
+                self.fetches.insert(cid, (name, Fetch::Last));
+                return;
+            }
             (_, result) => result,
         };
-        let waiters = self.fetching.remove(&name).unwrap_or_default();
+        let mut waiters = self.fetching.remove(&name).unwrap_or_default();
         self.revalidating.remove(&name);
+        let started = self.fetch_started.remove(&name);
+        // Read-your-writes: a request that joined this fetch after it was
+        // sent may come from a client whose create was acknowledged since;
+        // "not found" is only the answer for those that were there first,
+        // the others read again (the fleet simulation found a client told
+        // 404 right after its create succeeded).
+        let joined_late = |s: &Server, req: &super::RequestId| {
+            s.inflight.get(req).is_some_and(|f| started.is_some_and(|t| f.ctx.arrived.instant > t))
+        };
+        let mut again: Vec<(super::RequestId, KeyOp)> = Vec::new();
+        if matches!(result, Err(StoreError::NotFound))
+            && self.cache.stale(name.as_str(), now.instant).is_none()
+        {
+            again = waiters.extract_if(.., |(req, _)| joined_late(self, req)).collect();
+        }
         let outcome: Result<(), ApiError> = match result {
             Ok(StoreReply::Value(v)) => match KeyRing::decode(v.expose()) {
                 Ok(key) => {
                     self.cache.set_offline(false, now.instant);
-                    self.cache.insert_at(name.clone(), key, now.instant);
+                    // Loaded as of when the read was sent: an answer that
+                    // was slow may predate a change made meanwhile, and
+                    // must not make the key look freshly read (a ciphertext
+                    // of a version added meanwhile would be refused until
+                    // the refresh limit passed; the fleet simulation found it).
+                    let as_of = started.unwrap_or(now.instant);
+                    self.cache.insert_at(name.clone(), key, as_of);
                     Ok(())
                 }
                 Err(e) => {
@@ -208,20 +242,37 @@ impl Server {
         let format = self.compat.ciphertext;
         for (req, op) in waiters {
             let unseal = op.unseals();
+            // Likewise a ciphertext of a version added after this read was
+            // sent: a late joiner reads again rather than be refused.
+            let retry = (unseal && joined_late(self, &req)).then(|| op.clone());
             let r = match (&outcome, self.cache.get(name.as_str())) {
                 (Ok(()), Some(key)) => {
                     run_key_op(key, op, format, rng, self.unseals.get(name.as_str()))
                 }
                 (Ok(()), None) => Err(ApiError::StoreRead),
                 // A re-read of a cached key failed (store down): the cached
-                // key still answers.
-                (Err(_), Some(key)) => {
-                    run_key_op(key, op, format, rng, self.unseals.get(name.as_str()))
+                // key still answers; but a ciphertext it does not open may be
+                // of a version it could not learn of, so that is the store's
+                // failure (retry), not "not authentic" (the fleet simulation
+                // found valid data refused with 400 during an outage).
+                (Err(e), Some(key)) => {
+                    match run_key_op(key, op, format, rng, self.unseals.get(name.as_str())) {
+                        Err(ApiError::NotAuthentic) => Err(e.clone()),
+                        r => r,
+                    }
                 }
                 (Err(e), None) => Err(e.clone()),
             };
+            if let (Err(ApiError::NotAuthentic), Some(op)) = (&r, retry) {
+                again.push((req, op));
+                continue;
+            }
             self.note_unseal(name.as_str(), unseal, &r, now);
             self.complete(req, r, now);
+        }
+        if !again.is_empty() {
+            self.fetching.insert(name.clone(), again);
+            self.start_fetch(name, now);
         }
     }
 
@@ -271,6 +322,7 @@ pub(super) enum Fetch {
     Key,
     Staged,
     Recheck(SecretBytes),
+    Last,
 }
 
 /// Runs an operation on a key in hand. A key that was never rotated

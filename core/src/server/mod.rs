@@ -142,6 +142,8 @@ pub struct Server {
     inflight: BTreeMap<RequestId, InFlight>,
     fetches: BTreeMap<CommandId, (KeyName, Fetch)>,
     fetching: BTreeMap<KeyName, Vec<(RequestId, KeyOp)>>,
+    /// When the fetch in flight for a key was sent (see `keyops`).
+    fetch_started: BTreeMap<KeyName, Instant>,
     /// Fetches of keys that have a stale copy: when their waiters get the
     /// stale copy (`None`: that time has passed, later requests get it at
     /// once). See [`keyops`].
@@ -179,6 +181,7 @@ impl Server {
             inflight: BTreeMap::new(),
             fetches: BTreeMap::new(),
             fetching: BTreeMap::new(),
+            fetch_started: BTreeMap::new(),
             revalidating: BTreeMap::new(),
             unseals: BTreeMap::new(),
             pending: BTreeMap::new(),

@@ -116,6 +116,7 @@ pub(super) struct RingWrite {
 enum Step {
     ReadKey,
     ReadStaged,
+    ReadLast,
     RecheckKey,
     RecoverCreate,
     Stage,
@@ -263,7 +264,13 @@ impl Server {
                 (Step::RecoverCreate, Command::Create { name: key, value: v })
             }
             (Step::RecheckKey, Ok(StoreReply::Value(_))) => return self.restart(w),
+            // Neither: a change may have finished between the two reads;
+            // the entry decides.
             (Step::ReadStaged, Err(StoreError::NotFound)) => {
+                (Step::ReadLast, Command::Get { name: key })
+            }
+            (Step::ReadLast, Ok(StoreReply::Value(_))) => return self.restart(w),
+            (Step::ReadLast, Err(StoreError::NotFound)) => {
                 self.cache.evict(key.as_str());
                 return Err(ApiError::KeyNotFound);
             }
@@ -359,6 +366,7 @@ impl Server {
             (
                 Step::ReadKey
                 | Step::ReadStaged
+                | Step::ReadLast
                 | Step::RecheckKey
                 | Step::CheckStaged
                 | Step::CheckCreated,
@@ -367,6 +375,7 @@ impl Server {
             (
                 Step::ReadKey
                 | Step::ReadStaged
+                | Step::ReadLast
                 | Step::RecheckKey
                 | Step::CheckStaged
                 | Step::Verify
