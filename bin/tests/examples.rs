@@ -385,3 +385,18 @@ fn example_gcp_config_works() {
     ];
     store_example(&dir, "gcp.yml", &extra, env);
 }
+
+/// examples/minio/try.sh without a MinIO binary explains where to get one
+/// and exits 0 without running anything (README, "Use it with MinIO").
+#[test]
+fn minio_try_script_without_minio_explains_and_exits_0() {
+    let out = Command::new("bash")
+        .arg(examples().join("minio/try.sh"))
+        .env_remove("MINIO_BIN")
+        .env("PATH", "/usr/bin:/bin")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("no MinIO server binary") && text.contains("MINIO_BIN="), "{text}");
+}
