@@ -24,6 +24,9 @@ use crate::store::KeyStore;
 use crate::sysinfo::LiveCounters;
 use crate::{clock, tls};
 
+/// The longest a connection waits after a 429 before its next request.
+const THROTTLE_PAUSE: Duration = Duration::from_secs(1);
+
 /// A new connection must complete its TLS handshake and first request head
 /// within this; any later head must complete within this of its first byte.
 pub const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
@@ -444,6 +447,15 @@ async fn serve_one(
         return false;
     };
     let close = head.close || too_large;
+    // Over its budget: this connection waits out (up to a second of) the
+    // Retry-After before its next request is read, so a client that does not
+    // wait is slowed to one refusal per connection per second instead of
+    // costing a request's work per refusal (what keeps other tenants' latency
+    // flat while one floods).
+    let pause = (resp.status == ::http::StatusCode::TOO_MANY_REQUESTS).then(|| {
+        let secs = resp.header("Retry-After").and_then(|v| v.parse::<u64>().ok()).unwrap_or(1);
+        Duration::from_secs(secs).min(THROTTLE_PAUSE)
+    });
     if let Some(which) = resp.stream {
         let events = shared.hub.subscribe(which);
         let ok = stream_events(stream, inbox, resp, &events, shared).await;
@@ -456,6 +468,13 @@ async fn serve_one(
         return false;
     }
     let ok = write_response(stream, resp, close, &mut inbox.out).await.is_ok();
+    if let (true, Some(p)) = (ok && !close, pause) {
+        smol::future::or(Timer::after(p), async {
+            let _ = shared.drain_signal.recv().await;
+            Instant::now()
+        })
+        .await;
+    }
     if ok && too_large {
         match (head.body, skipper) {
             (BodyFraming::Chunked, Some(decoder)) => drain_chunked(stream, inbox, decoder).await,

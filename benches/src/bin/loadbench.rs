@@ -79,7 +79,7 @@ fn run() -> Result<(), String> {
     let pki = Pki::new(&work)?;
     let kes_port = free_port();
     let mut config = format!(
-        "address: 127.0.0.1:{kes_port}\nadmin:\n  identity: {}\ntls:\n  key: {}\n  cert: {}\nlog:\n  error: on\n  audit: off\nkeystore:\n  fs:\n    path: {}\n",
+        "address: 127.0.0.1:{kes_port}\nadmin:\n  identity: {}\ntls:\n  key: {}\n  cert: {}\n  handshake_rate: 0\nlog:\n  error: on\n  audit: off\nkeystore:\n  fs:\n    path: {}\n",
         pki.client_identity,
         pki.server_key.display(),
         pki.server_cert.display(),
@@ -691,7 +691,7 @@ fn two_tenants(
     let (b_cert, b_key, b_id) = client_cert(&dir, "b")?;
     let port = free_port();
     let config = format!(
-        "address: 127.0.0.1:{port}\nadmin:\n  identity: {}\ntls:\n  key: {}\n  cert: {}\nlog:\n  error: on\n  audit: off\npolicy:\n  a:\n    allow: [/v1/key/generate/*]\n    identities: [{a_id}]\n    limits:\n      rate: 500\n      burst: 1000\n  b:\n    allow: [/v1/key/generate/*]\n    identities: [{b_id}]\nkeystore:\n  fs:\n    path: {}\n",
+        "address: 127.0.0.1:{port}\nadmin:\n  identity: {}\ntls:\n  key: {}\n  cert: {}\n  handshake_rate: 0\nlog:\n  error: on\n  audit: off\npolicy:\n  a:\n    allow: [/v1/key/generate/*]\n    identities: [{a_id}]\n    limits:\n      rate: 500\n      burst: 1000\n  b:\n    allow: [/v1/key/generate/*]\n    identities: [{b_id}]\nkeystore:\n  fs:\n    path: {}\n",
         pki.client_identity,
         pki.server_key.display(),
         pki.server_cert.display(),
@@ -756,7 +756,7 @@ fn spawn_vault_kes(
 ) -> Result<(Proc, String), String> {
     let kes_port = free_port();
     let config = format!(
-            "address: 127.0.0.1:{kes_port}\nadmin:\n  identity: {}\ntls:\n  key: {}\n  cert: {}\nlog:\n  error: on\n  audit: off\nkeystore:\n  vault:\n    endpoint: {bao_url}\n    engine: kv\n    version: v2\n    prefix: kes\n    approle:\n      id: bench\n      secret: bench\n",
+            "address: 127.0.0.1:{kes_port}\nadmin:\n  identity: {}\ntls:\n  key: {}\n  cert: {}\n  handshake_rate: 0\nlog:\n  error: on\n  audit: off\nkeystore:\n  vault:\n    endpoint: {bao_url}\n    engine: kv\n    version: v2\n    prefix: kes\n    approle:\n      id: bench\n      secret: bench\n",
             pki.client_identity,
             pki.server_key.display(),
             pki.server_cert.display(),
