@@ -118,8 +118,9 @@ pub struct TlsConfig {
     /// Header carrying the forwarded client certificate.
     pub proxy_header: String,
     /// Full TLS handshakes per client IP per second (`tls.handshake_rate`,
-    /// an extension; 0: unlimited). Over it, connections are closed
-    /// before the handshake.
+    /// an extension; 0: unlimited; [`DEFAULT_HANDSHAKE_RATE`] for a file
+    /// that does not say). Over it, connections are closed before the
+    /// handshake.
     pub handshake_rate: u32,
 }
 
@@ -141,7 +142,9 @@ impl Default for TlsConfig {
             ca: None,
             proxy_identities: Vec::new(),
             proxy_header: DEFAULT_PROXY_HEADER.to_owned(),
-            handshake_rate: DEFAULT_HANDSHAKE_RATE,
+            // Off for configs built in code (tests, embedders, --dev); a
+            // config file gets DEFAULT_HANDSHAKE_RATE unless it says.
+            handshake_rate: 0,
         }
     }
 }
