@@ -23,12 +23,8 @@ fn generate(
 ) -> (Vec<String>, Duration) {
     let mut cmd = Command::new("curl");
     cmd.args(["-s", "-X", "PUT", "-d", r#"{"context":""}"#, "-o", "/dev/null"])
-        .args(["-w", "%{http_code}\\n", "--cacert"])
-        .arg(dir.join("server.cert"))
-        .arg("--cert")
-        .arg(dir.join(format!("{who}.cert")))
-        .arg("--key")
-        .arg(dir.join(format!("{who}.key")))
+        .args(["-w", "%{http_code}\\n"])
+        .args(tls_as(dir, who))
         .args(extra);
     if let Some(r) = rate {
         cmd.args(["--rate", &format!("{r}/s")]);
@@ -45,12 +41,8 @@ fn flood(dir: &Path, url: &str, who: &str, conns: u32, secs: u64) -> (Vec<String
     // Line-buffered, so the codes of finished requests survive the kill.
     let mut child = Command::new("stdbuf")
         .args(["-oL", "curl", "-s", "-X", "PUT", "-d", r#"{"context":""}"#, "-o", "/dev/null"])
-        .args(["-w", "%{http_code}\\n", "-Z", "--parallel-max", &conns.to_string(), "--cacert"])
-        .arg(dir.join("server.cert"))
-        .arg("--cert")
-        .arg(dir.join(format!("{who}.cert")))
-        .arg("--key")
-        .arg(dir.join(format!("{who}.key")))
+        .args(["-w", "%{http_code}\\n", "-Z", "--parallel-max", &conns.to_string()])
+        .args(tls_as(dir, who))
         .arg(format!("{url}/v1/key/generate/k?n=[1-1000000]"))
         .stdout(Stdio::piped())
         .spawn()
@@ -62,6 +54,19 @@ fn flood(dir: &Path, url: &str, who: &str, conns: u32, secs: u64) -> (Vec<String
     let out = child.wait_with_output().unwrap();
     let codes = String::from_utf8_lossy(&out.stdout).lines().map(str::to_owned).collect();
     (codes, took)
+}
+
+/// curl's TLS arguments: trust the server's certificate, present `who`'s.
+fn tls_as(dir: &Path, who: &str) -> Vec<std::path::PathBuf> {
+    let f = |s: &str| std::path::PathBuf::from(s);
+    vec![
+        f("--cacert"),
+        dir.join("server.cert"),
+        f("--cert"),
+        dir.join(format!("{who}.cert")),
+        f("--key"),
+        dir.join(format!("{who}.key")),
+    ]
 }
 
 fn count(codes: &[String], code: &str) -> usize {
@@ -110,12 +115,8 @@ fn a_flooding_identity_is_held_to_its_rate_and_another_is_not() {
     assert!(a_429 <= 10 * 5 + 10, "{a_429} refusals in {a_took:?} over 10 connections");
     assert_eq!(count(&b_codes, "200"), 150, "B is not limited by A's flood: {b_codes:?}");
     let metrics = Command::new("curl")
-        .args(["-s", "--cacert"])
-        .arg(dir.join("server.cert"))
-        .arg("--cert")
-        .arg(dir.join("admin.cert"))
-        .arg("--key")
-        .arg(dir.join("admin.key"))
+        .args(["-s"])
+        .args(tls_as(&dir, "admin"))
         .arg(format!("{}/v1/metrics", node.url))
         .output()
         .unwrap();
@@ -174,12 +175,8 @@ fn concurrent_holds_while_the_store_is_frozen() {
         .map(|k| {
             let mut cmd = Command::new("curl");
             cmd.args(["-s", "-X", "PUT", "-d", r#"{"context":""}"#, "-o", "/dev/null"])
-                .args(["-w", "%{http_code}", "--cacert"])
-                .arg(dir.join("server.cert"))
-                .arg("--cert")
-                .arg(dir.join("a.cert"))
-                .arg("--key")
-                .arg(dir.join("a.key"))
+                .args(["-w", "%{http_code}"])
+                .args(tls_as(&dir, "a"))
                 .arg(format!("{}/v1/key/generate/{k}", node.url))
                 .stdout(Stdio::piped());
             cmd.spawn().unwrap()

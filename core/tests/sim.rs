@@ -26,8 +26,7 @@ use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
 use http::{Method, StatusCode};
 use kes_core::config::{AdminSetting, Config, PolicyConfig};
-use kes_core::crypto::SecretBytes;
-use kes_core::testing::SeededRng;
+use kes_core::testing::{MapStore, SeededRng};
 use kes_core::{
     Caller, Command, CommandId, Identity, KeyName, Now, Request, RequestId, Server, StoreError,
     StoreReply, UnixTime,
@@ -185,7 +184,7 @@ struct Sim {
     rng: SeededRng,
     base: Instant,
     t: Duration,
-    store: BTreeMap<String, SecretBytes>,
+    store: MapStore,
     refusing_until: Duration,
     frozen_until: Duration,
     nodes: Vec<Node>,
@@ -507,42 +506,25 @@ impl Sim {
             }
             _ => String::new(),
         };
-        let answer = if self.t < self.refusing_until {
-            Err(StoreError::Unreachable("simulated: refusing".into()))
-        } else {
-            match cmd {
-                Command::Create { name, value } => {
-                    if self.store.contains_key(name.as_str()) {
-                        Err(StoreError::Exists)
-                    } else {
-                        let planted = self.bug == Bug::LostAck
-                            && name.as_str().len() <= 80
-                            && self.below(3) == 0;
-                        if !planted {
-                            self.store.insert(name.as_str().to_owned(), value);
-                        }
-                        Ok(StoreReply::Created)
-                    }
-                }
-                Command::Get { name } => self
-                    .store
-                    .get(name.as_str())
-                    .cloned()
-                    .map(StoreReply::Value)
-                    .ok_or(StoreError::NotFound),
-                Command::Delete { name }
-                    if self.bug == Bug::StaleDelete && i == 0 && name.as_str().len() <= 80 =>
-                {
-                    Ok(StoreReply::Deleted)
-                }
-                Command::Delete { name } => self
-                    .store
-                    .remove(name.as_str())
-                    .map(|_| StoreReply::Deleted)
-                    .ok_or(StoreError::NotFound),
-                Command::List => Ok(StoreReply::Names(self.store.keys().cloned().collect())),
-                Command::Status => Ok(StoreReply::Status { latency: Duration::from_millis(1) }),
+        // The store is the testing MapStore; the planted bugs act around it.
+        self.store.unreachable = self.t < self.refusing_until;
+        let answer = match &cmd {
+            Command::Delete { name }
+                if self.bug == Bug::StaleDelete && i == 0 && name.as_str().len() <= 80 =>
+            {
+                Ok(StoreReply::Deleted)
             }
+            Command::Create { name, .. }
+                if self.bug == Bug::LostAck && name.as_str().len() <= 80 && self.below(3) == 0 =>
+            {
+                let name = name.as_str().to_owned();
+                let r = self.store.execute(cmd);
+                if r.is_ok() {
+                    self.store.keys.remove(&name);
+                }
+                r
+            }
+            _ => self.store.execute(cmd),
         };
         match &answer {
             Ok(StoreReply::Created | StoreReply::Deleted) => {
@@ -607,8 +589,8 @@ impl Sim {
             for (name, m) in self.model.iter_mut() {
                 if m.tainted && !self.busy.contains(name) {
                     let staged = KeyName::parse(name).map(|k| k.staging());
-                    let stored = self.store.contains_key(name)
-                        || staged.is_ok_and(|s| self.store.contains_key(s.as_str()));
+                    let stored = self.store.keys.contains_key(name)
+                        || staged.is_ok_and(|s| self.store.keys.contains_key(s.as_str()));
                     // What is stored now may be a new incarnation: data keys
                     // sealed before are not claimed to open any more.
                     let (newest, incarnation) = (m.newest, m.incarnation + 2);
@@ -715,7 +697,7 @@ fn run(seed: u64, bug: Bug, steps: usize) -> Outcome {
         rng,
         base: Instant::now(),
         t: Duration::ZERO,
-        store: BTreeMap::new(),
+        store: MapStore::default(),
         refusing_until: Duration::ZERO,
         frozen_until: Duration::ZERO,
         nodes: Vec::new(),

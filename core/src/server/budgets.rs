@@ -80,18 +80,22 @@ impl Server {
         holds_slot: bool,
         now: Instant,
     ) -> Result<(), ApiError> {
+        let b = &mut self.budgets;
+        // No limits configured (the usual case): nothing to look up.
+        if b.default.is_none() && b.admin.is_none() && b.policies.is_empty() {
+            return Ok(());
+        }
         let policy = match is_admin {
             true => None,
-            false => self.policies.binding(&identity).map(|b| b.policy.clone()),
+            false => self.policies.binding(&identity).map(|b| b.policy.as_str()),
         };
-        let b = &mut self.budgets;
-        let limit = match (&policy, is_admin) {
+        let limit = match (policy, is_admin) {
             (_, true) => b.admin,
             (Some(p), false) => b.policies.get(p).copied().or(b.default),
             (None, false) => None,
         };
         let Some(limit) = limit else { return Ok(()) };
-        let label = policy.unwrap_or_else(|| ADMIN_LABEL.to_owned());
+        let label = || policy.unwrap_or(ADMIN_LABEL).to_owned();
         let budget = b.table.entry(identity).or_insert_with(|| Budget {
             limit,
             bucket: Bucket::full(limit.burst, now),
@@ -107,13 +111,17 @@ impl Server {
         }
         let refusal = match (limit.concurrent, limit.rate) {
             (Some(c), _) if holds_slot && budget.inflight >= c => Some((
-                format!("too many requests: policy '{label}' allows {c} requests in flight at once"),
+                format!(
+                    "too many requests: policy '{}' allows {c} requests in flight at once",
+                    label()
+                ),
                 Duration::from_secs(1),
             )),
             (_, Some(r)) => budget.bucket.take(r, limit.burst, now).err().map(|wait| {
                 (
                     format!(
-                        "too many requests: policy '{label}' allows {r} requests per second (burst {})",
+                        "too many requests: policy '{}' allows {r} requests per second (burst {})",
+                        label(),
                         limit.burst
                     ),
                     wait,
@@ -122,7 +130,7 @@ impl Server {
             _ => None,
         };
         if let Some((message, wait)) = refusal {
-            *self.metrics.throttled.entry(label).or_default() += 1;
+            *self.metrics.throttled.entry(label()).or_default() += 1;
             return Err(ApiError::Throttled { message, retry_after: retry_after_secs(wait) });
         }
         if holds_slot && limit.concurrent.is_some() {
