@@ -10,6 +10,7 @@
 pub mod chunked;
 pub mod clock;
 pub mod driver;
+pub mod edge;
 pub mod handshakes;
 pub mod heap;
 pub mod http;

@@ -2,7 +2,7 @@
 //! graceful shutdown.
 
 use std::future::Future;
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpListener};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
@@ -17,6 +17,7 @@ use smol::Executor;
 
 use crate::chunked::{ChunkError, ChunkedDecoder};
 use crate::driver::{self, DriverHandle, Input};
+use crate::edge::{EdgePoller, EdgeStream};
 use crate::http::{self, BodyFraming, HeadError};
 use crate::log::LogHub;
 use crate::proxy::ProxyConfig;
@@ -70,6 +71,8 @@ struct Shared {
     live: Arc<LiveCounters>,
     /// Full TLS handshakes per client address.
     handshakes: crate::handshakes::Handshakes,
+    /// Where client connections wait for bytes (see [`crate::edge`]).
+    edge: Arc<EdgePoller>,
     /// Set on shutdown: stop accepting, close connections between requests.
     draining: AtomicBool,
     /// Closed on shutdown, waking idle connections and the accept loop.
@@ -118,6 +121,7 @@ impl RunningServer {
     pub fn shutdown(self, grace: Duration) -> bool {
         self.shared.draining.store(true, Ordering::SeqCst);
         self.shared.drain_trigger.close();
+        self.shared.edge.drain();
         let until = Instant::now() + grace;
         while self.open_connections() > 0 && Instant::now() < until {
             std::thread::sleep(Duration::from_millis(10));
@@ -136,6 +140,7 @@ impl RunningServer {
     pub fn stop(self) {
         self.shared.driver.send(Input::Stop);
         self.shared.drain_trigger.close();
+        self.shared.edge.drain();
         self.stop.close();
         for t in self.threads {
             let _ = t.join();
@@ -192,6 +197,14 @@ pub fn start(opts: ServerOptions) -> Result<RunningServer, String> {
     let (driver, driver_task) = driver::spawn(&ex, server, opts.store, hub.clone(), live.clone());
     driver_task.detach();
     let (drain_trigger, drain_signal) = smol::channel::bounded(1);
+    let edge = EdgePoller::new().map_err(|e| format!("cannot create an epoll instance: {e}"))?;
+    ex.spawn(edge.clone().sweep()).detach();
+    let (pump, pump_hub) = (edge.clone(), hub.clone());
+    ex.spawn(async move {
+        let e = pump.run().await;
+        pump_hub.error(&format!("http: epoll failed, connections get no more events: {e}"));
+    })
+    .detach();
     let shared = Arc::new(Shared {
         acceptor: RwLock::new(TlsAcceptor::from(opts.tls)),
         proxy: RwLock::new(proxy),
@@ -200,6 +213,7 @@ pub fn start(opts: ServerOptions) -> Result<RunningServer, String> {
         hub,
         live,
         handshakes,
+        edge,
         draining: AtomicBool::new(false),
         drain_signal,
         drain_trigger,
@@ -229,11 +243,14 @@ async fn accept_loop(
     shared: Arc<Shared>,
 ) {
     loop {
-        let accepted = smol::future::or(async { Some(listener.accept().await) }, async {
-            let _ = shared.drain_signal.recv().await;
-            None
-        })
-        .await;
+        // Accepted as a plain socket: it goes into the edge-triggered set,
+        // not async-io's reactor.
+        let accepted =
+            smol::future::or(async { Some(listener.read_with(|l| l.accept()).await) }, async {
+                let _ = shared.drain_signal.recv().await;
+                None
+            })
+            .await;
         let (tcp, peer) = match accepted {
             None => return, // draining: the listener closes with this task
             Some(Ok(c)) => c,
@@ -247,7 +264,14 @@ async fn accept_loop(
             shared.live.handshakes_refused.fetch_add(1, Ordering::Relaxed);
             continue; // closed before the handshake
         }
-        let _ = tcp.get_ref().set_nodelay(true);
+        let _ = tcp.set_nodelay(true);
+        let tcp = match shared.edge.register(tcp) {
+            Ok(t) => t,
+            Err(e) => {
+                shared.hub.error(&format!("http: cannot watch the connection from {peer}: {e}"));
+                continue;
+            }
+        };
         let Some(ex) = ex.upgrade() else { return };
         let shared = shared.clone();
         shared.live.connections.fetch_add(1, Ordering::Relaxed);
@@ -267,18 +291,20 @@ async fn deadline<T>(at: Instant, fut: impl Future<Output = T>) -> Option<T> {
     .await
 }
 
-type Stream = TlsStream<Async<TcpStream>>;
+type Stream = TlsStream<EdgeStream>;
 
-async fn connection(tcp: Async<TcpStream>, peer: SocketAddr, shared: &Shared) {
+async fn connection(tcp: EdgeStream, peer: SocketAddr, shared: &Shared) {
     let start = Instant::now();
     let acceptor = read(&shared.acceptor).clone();
-    let mut stream = match deadline(start + HEADER_TIMEOUT, acceptor.accept(tcp)).await {
-        Some(Ok(s)) => s,
-        Some(Err(e)) => {
+    // The handshake and the first request head share one deadline.
+    tcp.set_deadline(Some(start + HEADER_TIMEOUT));
+    let mut stream = match acceptor.accept(tcp).await {
+        Ok(s) => s,
+        Err(e) if e.kind() == std::io::ErrorKind::TimedOut => return,
+        Err(e) => {
             shared.hub.error(&format!("http: TLS handshake error from {peer}: {e}"));
             return;
         }
-        None => return,
     };
     let caller = tls::caller_of(stream.get_ref().1.peer_certificates());
     let mut inbox = Inbox::new();
@@ -296,23 +322,16 @@ async fn connection(tcp: Async<TcpStream>, peer: SocketAddr, shared: &Shared) {
         let proxy = read(&shared.proxy).clone().filter(|p| p.is_proxy(&caller));
         let header = proxy.as_ref().map(|p| p.header.as_str());
         let interruptible = served > 0;
-        let (head, received) = match read_head(
-            &mut stream,
-            &mut inbox,
-            head_deadline,
-            header,
-            interruptible.then_some(&shared.drain_signal),
-        )
-        .await
-        {
-            Ok(Some(h)) => h,
-            Ok(None) => return,
-            Err(e) => {
-                let resp = http::framing_error(&e);
-                let _ = write_response(&mut stream, resp, true, &mut inbox.out).await;
-                return;
-            }
-        };
+        let (head, received) =
+            match read_head(&mut stream, &mut inbox, head_deadline, header, interruptible).await {
+                Ok(Some(h)) => h,
+                Ok(None) => return,
+                Err(e) => {
+                    let resp = http::framing_error(&e);
+                    let _ = write_response(&mut stream, resp, true, &mut inbox.out).await;
+                    return;
+                }
+            };
         served += 1;
         let (caller, ip) = match &proxy {
             Some(p) => p.resolve(&head.forwarded_cert, head.forwarded_for.as_deref(), peer.ip()),
@@ -331,13 +350,31 @@ async fn connection(tcp: Async<TcpStream>, peer: SocketAddr, shared: &Shared) {
 /// Reads one request head and tells when its first byte arrived (for a
 /// pipelined request already buffered: when it was taken up). `Ok(None)`:
 /// the client closed, timed out, or the server is draining and no request
-/// had started.
+/// had started (`interruptible`: a connection that has served one).
+///
+/// The waits are bounded by the connection's read deadline (see
+/// [`crate::edge`]), not a timer per read: this is the wait every
+/// keep-alive request starts with.
 async fn read_head(
     stream: &mut Stream,
     inbox: &mut Inbox,
     idle_deadline: Instant,
     proxy_header: Option<&str>,
-    drain: Option<&smol::channel::Receiver<()>>,
+    interruptible: bool,
+) -> Result<Option<(http::Head, Instant)>, HeadError> {
+    let head = read_head_within(stream, inbox, idle_deadline, proxy_header, interruptible).await;
+    let edge = stream.get_ref().0;
+    edge.set_idle(false);
+    edge.set_deadline(None);
+    head
+}
+
+async fn read_head_within(
+    stream: &mut Stream,
+    inbox: &mut Inbox,
+    idle_deadline: Instant,
+    proxy_header: Option<&str>,
+    interruptible: bool,
 ) -> Result<Option<(http::Head, Instant)>, HeadError> {
     let mut started = (!inbox.data.is_empty()).then(Instant::now);
     let mut until = if started.is_none() { idle_deadline } else { Instant::now() + HEADER_TIMEOUT };
@@ -349,20 +386,12 @@ async fn read_head(
             }
         }
         let was_empty = inbox.data.is_empty();
-        let read = async { Some(deadline(until, read_some(stream, inbox)).await) };
-        let outcome = match (drain, was_empty) {
-            (Some(d), true) => {
-                smol::future::or(read, async {
-                    let _ = d.recv().await;
-                    None
-                })
-                .await
-            }
-            _ => read.await,
-        };
-        match outcome {
-            None | Some(None) | Some(Some(Ok(0))) | Some(Some(Err(_))) => return Ok(None),
-            Some(Some(Ok(_))) => {
+        let edge = stream.get_ref().0;
+        edge.set_idle(interruptible && was_empty);
+        edge.set_deadline(Some(until));
+        match read_some(stream, inbox).await {
+            Ok(0) | Err(_) => return Ok(None),
+            Ok(_) => {
                 if was_empty {
                     let at = Instant::now();
                     started = Some(at);

@@ -23,6 +23,13 @@
 //! LOADBENCH_ONLY=a,b runs only the scenarios whose label contains one of
 //! the words ("fleet" for the three-node figure), e.g. `list` for the
 //! uncached listing through kes beside OpenBao answering it directly.
+//! LOADBENCH_KES=<path> benchmarks that kes binary instead of building one
+//! (to compare with a build of an earlier commit).
+//! LOADBENCH_ROUNDS=n (default 1) runs the scenarios n times in turn (kes,
+//! nginx, kes, nginx, ...); each round is compared with its own nginx.
+//! System calls per request come from `perf stat` attached to the server's
+//! processes during each scenario (column "sys/req"; `-` when perf is
+//! missing or not allowed), with the main calls broken down in the JSON.
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -65,15 +72,21 @@ fn run() -> Result<(), String> {
         }
     }
 
-    eprintln!("loadbench: building the release binary");
-    let ok = Command::new(env!("CARGO"))
-        .args(["build", "--release", "-p", "kes"])
-        .current_dir(&root)
-        .status();
-    if !ok.map(|s| s.success()).unwrap_or(false) {
-        return Err("cargo build --release -p kes failed".into());
-    }
-    let kes_bin = root.join("target/release/kes");
+    let kes_bin = match std::env::var_os("LOADBENCH_KES") {
+        // Another build (say, of the commit before a change) to compare.
+        Some(bin) => PathBuf::from(bin),
+        None => {
+            eprintln!("loadbench: building the release binary");
+            let ok = Command::new(env!("CARGO"))
+                .args(["build", "--release", "-p", "kes"])
+                .current_dir(&root)
+                .status();
+            if !ok.map(|s| s.success()).unwrap_or(false) {
+                return Err("cargo build --release -p kes failed".into());
+            }
+            root.join("target/release/kes")
+        }
+    };
     let threads = std::env::var("KES_THREADS").unwrap_or_default();
 
     let pki = Pki::new(&work)?;
@@ -259,10 +272,15 @@ http {{
         }
     };
     let tick = clock_ticks();
+    let rounds: usize =
+        std::env::var("LOADBENCH_ROUNDS").ok().and_then(|s| s.parse().ok()).unwrap_or(1).max(1);
+    let runs: Vec<_> =
+        (0..rounds).flat_map(|r| scenarios.iter().map(move |s| (r, s.clone()))).collect();
     let mut results = Vec::new();
-    for (label, target, url, body, keepalive) in scenarios {
+    for (round, (label, target, url, body, keepalive)) in runs {
         let pids = pids_of(target);
         let cpu_before: u64 = pids.iter().map(|p| cpu_ticks(*p)).sum();
+        let syscalls = SyscallCount::start(&pids, &work);
         eprintln!("loadbench: {label} ({conns} connections, {secs}s)");
         let mut cmd = Command::new("oha");
         cmd.args([
@@ -290,6 +308,7 @@ http {{
             cmd.arg("--disable-keepalive");
         }
         let out = cmd.arg(&url).output().map_err(|e| format!("oha: {e}"))?;
+        let syscalls = syscalls.map(SyscallCount::finish).unwrap_or_default();
         let _ = std::fs::write(work.join(format!("oha-{}.json", results.len())), &out.stdout);
         let report: Value = serde_json::from_slice(&out.stdout)
             .map_err(|e| format!("oha output: {e}: {}", String::from_utf8_lossy(&out.stderr)))?;
@@ -314,10 +333,16 @@ http {{
             + (total_codes - ok);
         let cpu_secs = (cpu_after.saturating_sub(cpu_before)) as f64 / tick;
         let rss_kib: u64 = pids.iter().map(|p| status_kib(*p, "VmHWM:")).max().unwrap_or(0);
+        let per_request = |n: u64| if ok > 0 { json!(n as f64 / ok as f64) } else { Value::Null };
+        let syscall_breakdown: serde_json::Map<String, Value> =
+            syscalls.iter().map(|(name, n)| (name.clone(), per_request(*n))).collect();
         results.push(json!({
             "scenario": label,
+            "round": round + 1,
             "server": target,
             "keepalive": keepalive,
+            "syscalls_per_request": syscalls.get("all").map_or(Value::Null, |n| per_request(*n)),
+            "syscalls_per_request_by_call": syscall_breakdown,
             "requests": ok,
             "errors": errors,
             "rps": report["summary"]["requestsPerSec"].as_f64().unwrap_or(0.0),
@@ -330,18 +355,20 @@ http {{
     if let Some(v) = vault.as_ref().filter(|_| wanted("fleet")) {
         results.push(fleet_scenario(v, &pki, secs, conns, tick, generate_body)?);
     }
-    let nginx_ka = results
-        .iter()
-        .find(|r| r["server"] == "nginx" && r["keepalive"] == true)
-        .cloned()
-        .unwrap_or_default();
-    let nginx_nka = results
-        .iter()
-        .find(|r| r["server"] == "nginx" && r["keepalive"] == false)
-        .cloned()
-        .unwrap_or_default();
+    let nginx_of = |round: &Value, keepalive: bool| {
+        results
+            .iter()
+            .find(|r| r["server"] == "nginx" && r["keepalive"] == keepalive && r["round"] == *round)
+            .or_else(|| {
+                results.iter().find(|r| r["server"] == "nginx" && r["keepalive"] == keepalive)
+            })
+            .cloned()
+            .unwrap_or_default()
+    };
+    let bases: Vec<Value> =
+        results.iter().map(|r| nginx_of(&r["round"], r["keepalive"] == true)).collect();
     println!(
-        "\n{:<34} {:>9} {:>7} {:>10} {:>8} {:>8} {:>10} {:>9} {:>10} {:>10}",
+        "\n{:<34} {:>9} {:>7} {:>10} {:>8} {:>8} {:>10} {:>8} {:>9} {:>10} {:>10}",
         "scenario",
         "requests",
         "errors",
@@ -349,12 +376,12 @@ http {{
         "p50 ms",
         "p99 ms",
         "cpu us/req",
+        "sys/req",
         "rss MiB",
         "cpu/nginx",
         "p99/nginx"
     );
-    for r in &mut results {
-        let base = if r["keepalive"] == true { &nginx_ka } else { &nginx_nka };
+    for (r, base) in results.iter_mut().zip(&bases) {
         let ratio = |k: &str| {
             let b = base[k].as_f64().unwrap_or(0.0);
             if b > 0.0 {
@@ -368,15 +395,21 @@ http {{
         r["cpu_vs_nginx"] = json!(cpu_ratio);
         r["p99_vs_nginx"] = json!(p99_ratio);
         r["rps_vs_nginx"] = json!(rps_ratio);
+        let label = match rounds {
+            1 => r["scenario"].as_str().unwrap_or("").to_owned(),
+            _ => format!("{} #{}", r["scenario"].as_str().unwrap_or(""), r["round"]),
+        };
+        let sys = r["syscalls_per_request"].as_f64().map_or("-".into(), |v| format!("{v:.2}"));
         println!(
-            "{:<34} {:>9} {:>7} {:>10.0} {:>8.2} {:>8.2} {:>10.1} {:>9.1} {:>10.2} {:>10.2}",
-            r["scenario"].as_str().unwrap_or(""),
+            "{:<34} {:>9} {:>7} {:>10.0} {:>8.2} {:>8.2} {:>10.1} {:>8} {:>9.1} {:>10.2} {:>10.2}",
+            label,
             r["requests"],
             r["errors"],
             r["rps"].as_f64().unwrap_or(0.0),
             r["p50_ms"].as_f64().unwrap_or(0.0),
             r["p99_ms"].as_f64().unwrap_or(0.0),
             r["cpu_us_per_request"].as_f64().unwrap_or(0.0),
+            sys,
             r["peak_rss_mib"].as_f64().unwrap_or(0.0),
             cpu_ratio,
             p99_ratio
@@ -397,6 +430,7 @@ http {{
         println!("listing through kes / OpenBao direct with the root token: {:.2}", k / b);
     }
     let report = json!({
+        "rounds": rounds,
         "connections": conns,
         "seconds_per_scenario": secs,
         "kes_threads": threads,
@@ -811,6 +845,71 @@ fn free_port() -> u16 {
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
         .unwrap_or(17373)
+}
+
+/// `perf stat` counting the system calls of some processes while a
+/// scenario runs (stopped with SIGINT, as its CSV output is written then).
+struct SyscallCount {
+    perf: Child,
+    out: PathBuf,
+}
+
+/// The calls broken down: a request's read, write and readiness calls.
+const COUNTED_CALLS: [&str; 9] = [
+    "recvfrom",
+    "read",
+    "writev",
+    "write",
+    "sendto",
+    "epoll_ctl",
+    "epoll_wait",
+    "epoll_pwait",
+    "futex",
+];
+
+impl SyscallCount {
+    fn start(pids: &[u32], work: &Path) -> Option<Self> {
+        which("perf")?;
+        let out = work.join("perf-stat.csv");
+        let _ = std::fs::remove_file(&out);
+        let mut events = vec!["raw_syscalls:sys_enter".to_owned()];
+        events.extend(COUNTED_CALLS.iter().map(|c| format!("syscalls:sys_enter_{c}")));
+        let pids: Vec<String> = pids.iter().map(u32::to_string).collect();
+        let perf = Command::new("perf")
+            .args(["stat", "-x", ",", "-e", &events.join(","), "-p", &pids.join(","), "-o"])
+            .arg(&out)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .ok()?;
+        // perf attaches to every thread before counting starts.
+        std::thread::sleep(Duration::from_millis(200));
+        Some(Self { perf, out })
+    }
+
+    /// Counts by call ("all" for every call); empty if perf could not count.
+    fn finish(mut self) -> std::collections::BTreeMap<String, u64> {
+        let _ = Command::new("kill").args(["-INT", &self.perf.id().to_string()]).status();
+        let _ = self.perf.wait();
+        let text = std::fs::read_to_string(&self.out).unwrap_or_default();
+        let mut counts = std::collections::BTreeMap::new();
+        for line in text.lines().filter(|l| !l.starts_with('#')) {
+            let mut fields = line.split(',');
+            let (Some(value), Some(_unit), Some(event)) =
+                (fields.next(), fields.next(), fields.next())
+            else {
+                continue;
+            };
+            let Ok(value) = value.parse::<u64>() else { continue };
+            let name = match event.strip_prefix("syscalls:sys_enter_") {
+                Some(call) => call.to_owned(),
+                None if event == "raw_syscalls:sys_enter" => "all".to_owned(),
+                None => continue,
+            };
+            counts.insert(name, value);
+        }
+        counts
+    }
 }
 
 /// utime + stime of a process, in clock ticks (/proc/<pid>/stat fields 14, 15).
