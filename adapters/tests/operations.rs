@@ -3,6 +3,7 @@
 
 mod common;
 
+use std::io::{ErrorKind, Read, Write};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -336,6 +337,48 @@ fn reload_under_load_fails_nothing() {
     }
     assert!(ok.load(Ordering::Relaxed) > 20, "load actually ran");
     server.stop();
+}
+
+/// A keep-alive connection waiting for its next request is closed at once
+/// by a graceful shutdown (its wait is not a timer of its own any more, but
+/// the connection's read deadline, which the drain ends), and one with a
+/// request head half-sent is let finish it.
+#[test]
+fn graceful_shutdown_closes_idle_connections_and_finishes_started_requests() {
+    let (_pki, _admin, server, c) = admin_server(|_| {});
+    let mut idle = c.connect().unwrap();
+    send(&mut idle, "GET", "/version", b"", false).unwrap();
+    assert_eq!(read_reply(&mut idle).unwrap().status, 200);
+    let mut started = c.connect().unwrap();
+    send(&mut started, "GET", "/version", b"", false).unwrap();
+    assert_eq!(read_reply(&mut started).unwrap().status, 200);
+    let head = b"GET /version HTTP/1.1\r\nHost: x\r\n";
+    started.write_all(head).unwrap();
+    started.flush().unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    let (done_tx, done) = std::sync::mpsc::channel();
+    let shutdown = std::thread::spawn(move || {
+        let clean = server.shutdown(Duration::from_secs(60));
+        let _ = done_tx.send(());
+        clean
+    });
+    // The idle connection ends without an answer (the idle timeout is 90 s,
+    // the grace 60 s: only the drain ends it this soon).
+    let mut buf = [0u8; 16];
+    let r = idle.read(&mut buf);
+    let closed = match &r {
+        Ok(n) => *n == 0,
+        // Not the client's own read timeout: that would mean still open.
+        Err(e) => !matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut),
+    };
+    assert!(closed, "the idle connection must be closed at once: {r:?}");
+    assert!(done.try_recv().is_err(), "shutdown waits for the started request");
+    // The started request is completed and answered, then the connection closes.
+    started.write_all(b"\r\n").unwrap();
+    started.flush().unwrap();
+    let r = read_reply(&mut started).unwrap();
+    assert_eq!(r.status, 200);
+    assert!(shutdown.join().unwrap(), "every connection finished within the grace period");
 }
 
 /// Graceful shutdown: every request the server accepted is answered; only new
