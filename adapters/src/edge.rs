@@ -250,7 +250,7 @@ impl EdgePoller {
         u64::try_from(n).unwrap_or(EXPIRED - 1).saturating_add(1).min(EXPIRED - 1)
     }
 
-    fn add(self: &Arc<Self>) -> (Arc<Readiness>, u64) {
+    fn add(&self) -> (Arc<Readiness>, u64) {
         let ready = Arc::new(Readiness::default());
         let key = lock(&self.slots).insert(ready.clone());
         (ready, key)
